@@ -1,0 +1,1 @@
+"""The built-in node library as a plugin: it registers through the same hooks as any other."""
