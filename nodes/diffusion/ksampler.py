@@ -117,9 +117,10 @@ def sample_with_guider(
     return latent_format.process_out(out.float())
 
 
-def ksampler_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps: int, denoise: Optional[float] = 1.0) -> torch.Tensor:
+def ksampler_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps: int, denoise: Optional[float] = 1.0,
+                    samplers: Optional[dict] = None) -> torch.Tensor:
     """KSampler's sigmas: dpm_2/uni_pc drop the penultimate of steps+1; denoise < 1 takes the tail of int(steps/denoise)."""
-    discard = get_sampler(sampler_name).discard_penultimate_sigma
+    discard = get_sampler(sampler_name, samplers).discard_penultimate_sigma
 
     def compute(n: int) -> torch.Tensor:
         sigmas = calculate_sigmas(model_sampling, scheduler, n + 1 if discard else n)
@@ -158,15 +159,20 @@ def ksampler(
     callback: Optional[Callable[[dict], Any]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     y_fn: Optional[Callable] = None,
+    samplers: Optional[dict] = None,
 ) -> dict:
-    """KSampler (ComfyUI's common_ksampler): returns a copy of the LATENT dict with new `samples`."""
+    """KSampler (ComfyUI's common_ksampler): returns a copy of the LATENT dict with new `samples`.
+
+    `samplers` is the registry to look `sampler_name` up in (built-ins plus plugins'); default: built-ins.
+    """
     _check(steps, "KSampler")
     samples = latent["samples"]
     if disable_noise:
         noise = torch.zeros(samples.shape, dtype=samples.dtype, device="cpu")
     else:
         noise = prepare_noise(samples, seed, latent.get("batch_index"))
-    sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise)
+    sampler = get_sampler(sampler_name, samplers)
+    sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise, samplers)
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[: last_step + 1].clone()
         if force_full_denoise:
@@ -177,7 +183,7 @@ def ksampler(
         else:
             return dict(latent)  # nothing left to do: the input comes back unchanged
     guider = CFGGuider(denoiser, positive, negative, cfg, model_sampling, y_fn)
-    out = sample_with_guider(guider, model_sampling, noise, samples, get_sampler(sampler_name), sigmas, latent_format, latent.get("noise_mask"), seed, callback, should_stop)
+    out = sample_with_guider(guider, model_sampling, noise, samples, sampler, sigmas, latent_format, latent.get("noise_mask"), seed, callback, should_stop)
     result = dict(latent)
     result["samples"] = out
     return result

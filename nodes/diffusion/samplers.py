@@ -87,6 +87,10 @@ class Sampler:
     uses_uncond: bool = False
     random_inpaint_noise: bool = False
 
+    def __call__(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Run in k-diffusion's signature with the fixed options (so a Sampler is also a plain sampler function)."""
+        return self.fn(model, x, sigmas, **{**self.options, **kwargs})
+
     def with_options(self, **options: Any) -> "Sampler":
         """A copy with more fixed options (e.g. eta, s_noise, order)."""
         return Sampler(self.name, self.fn, {**self.options, **options}, self.noise, self.discard_penultimate_sigma, self.uses_uncond, self.random_inpaint_noise)
