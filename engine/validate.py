@@ -382,6 +382,7 @@ class _Validator:
         specs = cls.__inputs__
         values: dict[str, Any] = {}
         links: dict[str, tuple[str, int]] = {}
+        unlisted: dict[str, tuple[InputSpec, Any, _BadValue]] = {}
         for name, spec in specs.items():
             raw = given.get(name)
             if raw is None:
@@ -404,9 +405,14 @@ class _Validator:
                 try:
                     values[name] = self._widget_value(spec, raw)
                 except _BadValue as bad:
+                    if bad.kind == "value_not_in_list" and self._has_check(cls):
+                        unlisted[name] = (spec, raw, bad)  # the node may know why (e.g. where it looked)
+                        continue
                     self._add(node_id, bad.kind, bad.message,
                               f"{self._label(node_id)} input '{name}': {bad.problem}; {_FIXES[bad.kind]}",
                               name, spec, raw)
+        if unlisted:
+            self._report_unlisted(node_id, cls, values, unlisted)
         if len(given) > len(links) + len(values):
             for name in given:
                 if name not in specs:
@@ -417,6 +423,19 @@ class _Validator:
         if node_id not in self.node_errors and self._has_check(cls):
             self._custom_checks(node_id, cls, values)
         return links
+
+    def _report_unlisted(self, node_id: str, cls: type[Node], values: dict[str, Any],
+                         unlisted: dict[str, tuple[InputSpec, Any, _BadValue]]) -> None:
+        """Report choices not in their list, with the node's own explanation when it gives one."""
+        try:
+            problems = list(cls.check_inputs({**values, **{n: raw for n, (_, raw, _) in unlisted.items()}}, self.env))
+        except Exception:  # the plain message stands; _custom_checks reports a broken check elsewhere
+            problems = []
+        for name, (spec, raw, bad) in unlisted.items():
+            reasons = [p.message for p in problems if p.input == name]
+            fix = "; ".join(reasons) if reasons else _FIXES[bad.kind]
+            self._add(node_id, bad.kind, bad.message,
+                      f"{self._label(node_id)} input '{name}': {bad.problem}; {fix}", name, spec, raw)
 
     def _has_check(self, cls: type[Node]) -> bool:
         known = self._checks.get(cls)

@@ -394,3 +394,16 @@ def test_topological_order_matches_networkx() -> None:
     order, left = topological_order(deps)
     assert order == expected and left == []
     assert sorted(["10", "9", "b10", "b2", "7:10", "7:1"], key=node_sort_key) == ["7:1", "7:10", "9", "10", "b2", "b10"]
+
+
+def test_missing_choice_takes_the_nodes_own_explanation(tmp_path: Path) -> None:
+    (tmp_path / "there.png").write_bytes(b"x")
+    env = Environment(settings={"input_dir": str(tmp_path)})
+    bad = check({"1": n("PickExplained", name="gone.png"), "2": n("Show", value=["1", 0])}, env)
+    error = only_error(bad, "1")
+    assert error["type"] == "value_not_in_list"
+    assert error["extra_info"]["input_name"] == "name"
+    assert "'there.png'" in error["details"]
+    assert f"looked in {tmp_path}; copy the file there" in error["details"]
+    assert len(bad.node_errors["1"]["errors"]) == 1  # not reported twice by the custom check
+    assert check({"1": n("PickExplained", name="there.png"), "2": n("Show", value=["1", 0])}, env).ok

@@ -258,6 +258,22 @@ class PickFile(Node):
         return (self.name,)
 
 
+class PickExplained(Node):
+    """A folder-listing combo whose check_inputs explains a missing choice (where it looked)."""
+
+    outputs = (Output(STRING),)
+    name: str = Input("", choices=_input_files)
+
+    @classmethod
+    def check_inputs(cls, inputs: Mapping[str, Any], env: Environment) -> Iterable[Problem]:
+        if inputs["name"] not in _input_files(env):
+            yield Problem("name", f"looked in {env.settings.get('input_dir')}; copy the file there")
+
+    def run(self, ctx: NodeContext) -> tuple[Any, ...]:
+        _record(ctx)
+        return (self.name,)
+
+
 class CheckedFile(Node):
     """Reports a Problem when the named file is missing or `copies` is odd (custom validation)."""
 
@@ -321,7 +337,7 @@ class Pair(Node):
 
 NODES: tuple[type[Node], ...] = (
     IntConst, FloatConst, StringConst, BoolConst, Add, AddFloat, Concat, Show, Sink, Slow, Fail,
-    FileText, Dice, MakeWidget, MakeGadget, UseWidget, Pick, PickFile, CheckedFile, NeedsCount,
+    FileText, Dice, MakeWidget, MakeGadget, UseWidget, Pick, PickFile, PickExplained, CheckedFile, NeedsCount,
     BadReturn, BadCount, Pair,
 )
 
