@@ -1,4 +1,4 @@
-"""The command line: serve (default), run, validate, nodes, plugins.
+"""The command line: serve (default), run, validate, nodes, plugins, new-plugin.
 
 `main(argv) -> exit code`: 0 success, 1 execution (or server) error, 2 invalid input (usage, workflow
 file, validation). The parser is built by a function; nothing is parsed or loaded at import.
@@ -22,7 +22,7 @@ from engine.config import Settings
 __all__ = ["main", "build_parser", "parse_set", "CLIError"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-COMMANDS = ("serve", "run", "validate", "nodes", "plugins")
+COMMANDS = ("serve", "run", "validate", "nodes", "plugins", "new-plugin")
 
 
 class CLIError(Exception):
@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = subs.add_parser("plugins", help="list plugins and whether they loaded")
     plugins.add_argument("--json", action="store_true", help="print the plugin records as JSON")
     _common_options(plugins, sub=True)
+
+    new_plugin = subs.add_parser("new-plugin", help="write a new plugin package (pyproject, a node, tests)")
+    new_plugin.add_argument("name", metavar="NAME", help="distribution and folder name, e.g. my-nodes")
+    new_plugin.add_argument("--dir", metavar="DIR", default=".", help="write DIR/NAME (default: the working dir)")
     return parser
 
 
@@ -353,6 +357,21 @@ def cmd_plugins(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+def cmd_new_plugin(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Write a plugin package from the template (engine.scaffold) and say what to do next."""
+    from engine.scaffold import ScaffoldError, plugin_names, write_plugin
+
+    try:
+        root = write_plugin(args.name, args.dir)
+    except ScaffoldError as exc:
+        raise CLIError(str(exc)) from None
+    names = plugin_names(args.name)
+    print(f"wrote plugin {names.dist!r} (package {names.package}, entry point {names.package!r}) to {root}", file=out)
+    print(f"next: pip install -e {root} && latentgraph plugins; its tests: python -m pytest {root / 'tests'}",
+          file=out)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Start the HTTP/websocket server (blocks until stopped)."""
     settings = settings_from_args(args)
@@ -371,7 +390,7 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 HANDLERS = {"serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes,
-            "plugins": cmd_plugins}
+            "plugins": cmd_plugins, "new-plugin": cmd_new_plugin}
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:

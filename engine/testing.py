@@ -8,12 +8,15 @@ Installed as a pytest plugin (entry point `pytest11`), so a plugin's tests can w
         assert outputs["1"]["text"] == ["..."]
 
 `plugin_host` loads no entry points (so neither installed plugins nor the built-in library), runs on
-the CPU and writes into the test's tmp folder. Nothing is imported or loaded until a fixture is used.
+the CPU and writes into the test's tmp folder; `load_entry_point("core")` (or your plugin's entry point
+name) adds an installed plugin to it. `run_node(MyNode, image=...)` runs one node on in-memory inputs
+(tensors included) and returns its `NodeResult`. Nothing is imported or loaded until a fixture is used.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import types
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -23,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from engine.node import Node, NodeResult
     from engine.plugins import PluginHost, PluginRecord
 
-__all__ = ["plugin_host", "register_plugin", "run_workflow", "WorkflowRunError", "PluginLoadError",
-           "nodes_plugin"]
+__all__ = ["plugin_host", "register_plugin", "run_workflow", "run_node", "load_entry_point",
+           "WorkflowRunError", "PluginLoadError", "nodes_plugin"]
 
 
 class WorkflowRunError(AssertionError):
@@ -139,6 +143,63 @@ def run_workflow(plugin_host: PluginHost) -> Callable[..., dict[str, Any]]:
             raise WorkflowRunError(_describe_failure(result), result)
         outputs: dict[str, Any] = result.outputs
         return outputs
+
+    return run
+
+
+@pytest.fixture
+def load_entry_point(register_plugin: Callable[..., PluginRecord]) -> Callable[..., PluginRecord]:
+    """`load_entry_point(name, strict=True)`: load the installed plugin with entry point `name` (group
+    `latentgraph`) into `plugin_host` for this test, as `main.py` would; `"core"` is the built-in library.
+    """
+
+    def load(name: str, strict: bool = True) -> PluginRecord:
+        from engine.plugins import ENTRY_POINT_GROUP
+
+        found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name))
+        if not found:
+            installed = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            raise PluginLoadError(
+                f"no installed plugin has the entry point {name!r} in group {ENTRY_POINT_GROUP!r} (installed: "
+                f"{', '.join(installed) or 'none'}); install your plugin (pip install -e .) and check "
+                f"[project.entry-points.{ENTRY_POINT_GROUP}] in its pyproject.toml")
+        entry = found[0]
+        try:
+            obj = entry.load()
+        except Exception as exc:
+            raise PluginLoadError(f"plugin {name!r} ({entry.value}) failed to import: {exc!r}") from exc
+        record = register_plugin(obj, name=name, strict=strict)
+        dist = getattr(entry, "dist", None)
+        record.source, record.version = "entry point", getattr(dist, "version", None) or record.version
+        return record
+
+    return load
+
+
+@pytest.fixture
+def run_node(plugin_host: PluginHost) -> Callable[..., NodeResult]:
+    """`run_node(node, **inputs)`: run one node (a class, or the name of a registered one) on the CPU.
+
+    Inputs are Python values (tensors for links), checked by the node's pydantic model; returns the
+    `NodeResult` (`.values`, one per declared output, and `.ui`).
+    """
+
+    def run(node: type[Node] | str, **inputs: Any) -> NodeResult:
+        from engine.node import NodeContext, NodeResult
+
+        cls = plugin_host.nodes.get(node) if isinstance(node, str) else node
+        if cls is None:
+            known = ", ".join(plugin_host.nodes.names()) or "none"
+            raise PluginLoadError(f"no node type {node!r} is registered (registered: {known}); "
+                                  f"register its plugin first (register_plugin / load_entry_point)")
+        ctx = NodeContext(node_id="1", node_type=cls.node_type, env=plugin_host.environment())
+        returned = cls(**inputs).run(ctx)
+        result = returned if isinstance(returned, NodeResult) else NodeResult(tuple(returned or ()))
+        result.values = tuple(result.values)
+        if len(result.values) != len(cls.outputs):
+            raise AssertionError(f"node {cls.node_type}: run() returned {len(result.values)} value(s) but the node "
+                                 f"declares {len(cls.outputs)} output(s)")
+        return result
 
     return run
 
