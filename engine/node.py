@@ -21,10 +21,11 @@ bool) and `Input(...)` for the default, range, step, choices and editor options.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
@@ -114,10 +115,11 @@ def Input(  # noqa: N802 - reads like a type in class bodies, as pydantic's Fiel
         "display": display, "image_upload": image_upload or None, "label_on": label_on,
         "label_off": label_off, "dynamic_prompts": dynamic_prompts,
     }
-    extra = {"x-ui": {k: v for k, v in ui.items() if v is not None}}
+    extra: dict[str, Any] = {"x-ui": {k: v for k, v in ui.items() if v is not None}}
     if optional:
         extra["x-optional"] = True
-    info: FieldInfo = Field(default, ge=ge, le=le, gt=gt, lt=lt, description=tooltip, json_schema_extra=extra)
+    info: FieldInfo = Field(default, ge=ge, le=le, gt=gt, lt=lt, description=tooltip,
+                            json_schema_extra=cast(Any, extra))
     # Choices may be computed (a folder listing), so they live beside the schema, not inside it.
     if choices is not None:
         info.metadata.append(_ChoicesMarker(choices))
@@ -156,7 +158,7 @@ class InputSpec:
     choices: Choices | None
     ui: Mapping[str, Any]
     tooltip: str | None
-    python_type: type | None
+    python_type: builtins.type | None
 
     def choice_list(self, env: Environment | None) -> list[str] | None:
         if self.choices is None:
