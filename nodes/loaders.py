@@ -18,8 +18,7 @@ from nodes.diffusion.checkpoint import load_checkpoint, load_vae
 from nodes.diffusion.lora import LoraMatch, load_lora, match_lora
 from nodes.models import ModelHandle, VAEHandle, cached_load, file_fingerprint, model_sampling_for
 
-__all__ = ["CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "CLIPSetLastLayer",
-           "clip_with_lora", "NODES"]
+__all__ = ["CheckpointLoaderSimple", "VAELoader", "LoraLoader", "LoraLoaderModelOnly", "CLIPSetLastLayer", "NODES"]
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +126,6 @@ def _lora_match(ctx: NodeContext, name: str, unet: Any, clip: Any) -> LoraMatch:
     return match
 
 
-def clip_with_lora(clip: Any, match: LoraMatch, strength: float) -> Any:
-    """A CLIP clone with the LoRA's text-encoder updates stacked on each of its encoders ("l", "g")."""
-    other = clip.clone()
-    for branch in clip.branches:
-        key = f"clip_{branch}"
-        if key in match.weights:
-            other.patches[branch] = clip.patches[branch] + (match.patch(key, strength),)
-    return other
-
-
 class LoraLoader(Node):
     """Apply a LoRA to the model and the text encoders (as patched clones; the base stays unpatched)."""
 
@@ -162,7 +151,7 @@ class LoraLoader(Node):
             return (self.model, self.clip)
         match = _lora_match(ctx, self.lora_name, self.model.unet, self.clip)
         model = self.model.with_lora(match.patch("unet", self.strength_model))
-        return (model, clip_with_lora(self.clip, match, self.strength_clip))
+        return (model, self.clip.with_lora(match, self.strength_clip))
 
 
 class LoraLoaderModelOnly(Node):

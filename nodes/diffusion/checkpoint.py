@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._loading import IGNORED_SUFFIXES, convert, load_on_meta
 from .devices import pick_dtype
 from .unet import UNet, UNetConfig, UNetConfigError, unet_config_from_state_dict
 from .vae import SD1_SCALE_FACTOR, SDXL_SCALE_FACTOR, AutoencoderKL, VAEConfig, VAEConfigError, vae_config_from_state_dict
@@ -42,8 +43,7 @@ __all__ = [
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 # Tensors that single-file checkpoints carry and nothing here uses: CLIP's position_ids buffer and
-# logit_scale, EMA copies, and SD1's noise-schedule buffers (we compute the schedule ourselves).
-_IGNORED_SUFFIXES = ("position_ids", "logit_scale")
+# logit_scale (IGNORED_SUFFIXES), EMA copies, and SD1's noise-schedule buffers (we compute the schedule).
 _IGNORED_PREFIXES = ("model_ema.",)
 _MARKERS = ("v_pred", "edm_mean", "edm_std", "edm_vpred.sigma_max", "edm_vpred.sigma_min", "ztsnr")
 
@@ -158,17 +158,13 @@ class _Converted(Mapping[str, torch.Tensor]):
         self.source, self.dtype, self.device = source, dtype, device
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return _convert(self.source[key], self.dtype, self.device)
+        return convert(self.source[key], self.dtype, self.device)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.source)
 
     def __len__(self) -> int:
         return len(self.source)
-
-
-def _convert(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
@@ -290,30 +286,19 @@ def _numel(value: Any) -> int:
 
 def _load_part(model_cls: type[torch.nn.Module], config: Any, source: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]],
                prefix: str, dtype: torch.dtype, device: torch.device, where: str) -> torch.nn.Module:
-    """Build on `meta`, check names and shapes, then assign each tensor converted once (no second copy)."""
-    with torch.device("meta"):
-        model = model_cls(config)
-    expected = model.state_dict()
-    present = {k[len(prefix) :] for k in shapes if k.startswith(prefix) and not k.endswith(_IGNORED_SUFFIXES)}
-    missing = sorted(set(expected) - present)
-    wrong = [f"{prefix}{k} {tuple(shapes[prefix + k])} (expected {tuple(expected[k].shape)})"
-             for k in expected if k in present and tuple(shapes[prefix + k]) != tuple(expected[k].shape)]
-    if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): " + ", ".join(prefix + k for k in missing[:20]) + (" ..." if len(missing) > 20 else ""))
-        if wrong:
-            parts.append("wrong shape: " + ", ".join(wrong[:20]))
-        raise CheckpointKeyError(f"{where}: {'; '.join(parts)}")
-    tensors = {k: _convert(source[prefix + k], dtype, device) for k in expected}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    """The part under `prefix`, built on `meta` and checked by names and shapes before any tensor is read.
+
+    Tensors under the prefix that the model has no place for are passed over (they are not read).
+    """
+    present = {k[len(prefix) :]: shape for k, shape in shapes.items() if k.startswith(prefix) and not k.endswith(IGNORED_SUFFIXES)}
+    return load_on_meta(model_cls, config, present, lambda k: source[prefix + k], dtype, device, prefix=prefix,
+                        fail=lambda message: CheckpointKeyError(f"{where}: {message}"), allow_unexpected=True)
 
 
 def _unexpected(shapes: Mapping[str, Any], spec: ModelSpec, used_prefixes: list[str]) -> list[str]:
     out = []
     for k in shapes:
-        if k.startswith(tuple(used_prefixes)) or k in _MARKERS or k.endswith(_IGNORED_SUFFIXES) or k.startswith(_IGNORED_PREFIXES):
+        if k.startswith(tuple(used_prefixes)) or k in _MARKERS or k.endswith(IGNORED_SUFFIXES) or k.startswith(_IGNORED_PREFIXES):
             continue
         if "." not in k:  # SD1 schedule buffers (betas, alphas_cumprod, ...): we compute the schedule
             continue

@@ -46,10 +46,19 @@ def scaled_linear_betas(timesteps: int = 1000, linear_start: float = 0.00085, li
 
 
 class _ParameterizationMixin:
-    """calculate_input / calculate_denoised / noise_scaling shared by the discrete and EDM samplings."""
+    """sigma_min / sigma_max, calculate_input, calculate_denoised and noise_scaling: shared by the discrete and EDM samplings."""
 
     prediction: str
     sigma_data: float
+    sigmas: torch.Tensor  # (T,) ascending float32: the model's sigma table
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
 
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The UNet's input c_in * x = x / sqrt(sigma^2 + sigma_data^2)."""
@@ -110,14 +119,6 @@ class ModelSamplingDiscrete(_ParameterizationMixin):
     def num_timesteps(self) -> int:
         return self.sigmas.shape[0]
 
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
-
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The training timestep nearest to sigma in log-sigma (ComfyUI rounding), as float."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
@@ -154,14 +155,6 @@ class ModelSamplingEDM(_ParameterizationMixin):
         self.sigma_data = float(sigma_data)
         self.sigmas = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000, dtype=torch.float64).exp().float()
         self.log_sigmas = self.sigmas.log()
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """EDM's c_noise = ln(sigma) / 4."""

@@ -218,6 +218,14 @@ class _DPMSolver:
                 self.on_eval()
         return cache[key]
 
+    def ancestral(self, t, t_next, t_end, eta):
+        """(t_down, sigma_up): an ancestral step from t to t_next goes deterministically to t_down, then adds sigma_up of noise."""
+        if not eta:
+            return t_next, 0.0
+        sd, _ = get_ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        t_down = torch.minimum(t_end, self.t(sd))
+        return t_down, (self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5
+
     def step1(self, x, t, t_next, cache):
         eps = self.eps(cache, "eps", x, t)
         return x - self.sigma(t_next) * (t_next - t).expm1() * eps
@@ -270,12 +278,7 @@ def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i, order in enumerate(orders):
         cache: dict = {}
         t, t_next = ts[i], ts[i + 1]
-        if eta:
-            sd, _ = get_ancestral_step(solver.sigma(t), solver.sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, solver.t(sd))
-            su = (solver.sigma(t_next) ** 2 - solver.sigma(t_next_) ** 2) ** 0.5
-        else:
-            t_next_, su = t_next, 0.0
+        t_next_, su = solver.ancestral(t, t_next, t_end, eta)
         eps = solver.eps(cache, "eps", x, t)
         report(callback, x, i, solver.sigma(t), solver.sigma(t), x - solver.sigma(t) * eps)
         step = {1: solver.step1, 2: solver.step2, 3: solver.step3}[order]
@@ -312,12 +315,7 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
     while s < t_end - 1e-5:
         cache: dict = {}
         t = torch.minimum(t_end, s + h)
-        if eta:
-            sd, _ = get_ancestral_step(solver.sigma(s), solver.sigma(t), eta)
-            t_ = torch.minimum(t_end, solver.t(sd))
-            su = (solver.sigma(t) ** 2 - solver.sigma(t_) ** 2) ** 0.5
-        else:
-            t_, su = t, 0.0
+        t_, su = solver.ancestral(s, t, t_end, eta)
         eps = solver.eps(cache, "eps", x, s)
         denoised = x - solver.sigma(s) * eps
         if order == 2:

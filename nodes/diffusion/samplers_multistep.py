@@ -37,6 +37,22 @@ def _lam(sigma):
     return sigma.log().neg()
 
 
+def _dpmpp_step(x, denoised, lam, lam_next):
+    """DPM-Solver++ first-order step from lam to lam_next, the data prediction held fixed (DDIM; Lu et al. 2022, arXiv 2211.01095)."""
+    return (lam - lam_next).exp() * x - (lam - lam_next).expm1() * denoised
+
+
+def _sde_step(x, denoised, sigma, sigma_next, h, eta):
+    """DPM-Solver++ first-order SDE step (Lu et al. 2022, sec. 5): x scaled by (sigma_next / sigma) e^(-eta h), D by 1 - e^(-(1 + eta) h)."""
+    h_eta = h * (eta + 1)
+    return sigma_next / sigma * (-h * eta).exp() * x - (-h_eta).expm1() * denoised
+
+
+def _sde_noise(noise_sampler, sigma, sigma_next, h, eta, s_noise):
+    """The SDE step's exact noise term: sigma_next * sqrt(1 - e^(-2 eta h)) of fresh noise."""
+    return noise_sampler(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+
+
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral DPM-Solver++(2S) (Lu et al. 2022, arXiv 2211.01095, Alg. 1 single-step, r = 1/2) to sigma_down, plus noise."""
@@ -51,11 +67,10 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             lam, lam_next = _lam(sigmas[i]), _lam(torch.as_tensor(sigma_down))
-            h = lam_next - lam
-            lam_mid = lam + h / 2
-            x_mid = (lam - lam_mid).exp() * x - (-h / 2).expm1() * denoised
+            lam_mid = lam + (lam_next - lam) / 2
+            x_mid = _dpmpp_step(x, denoised, lam, lam_mid)
             denoised_mid = model(x_mid, lam_mid.neg().exp() * s_in, **extra_args)
-            x = (lam - lam_next).exp() * x - (-h).expm1() * denoised_mid
+            x = _dpmpp_step(x, denoised_mid, lam, lam_next)
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
@@ -80,16 +95,14 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         sigma_mid = (lam + h * r).neg().exp()
         # Stage 1: ancestral step to the intermediate sigma.
         sd, su = get_ancestral_step(sigmas[i], sigma_mid, eta)
-        lam_ = _lam(torch.as_tensor(sd))
-        x_2 = (lam - lam_).exp() * x - (lam - lam_).expm1() * denoised
+        x_2 = _dpmpp_step(x, denoised, lam, _lam(torch.as_tensor(sd)))
         x_2 = x_2 + noise_sampler(sigmas[i], sigma_mid) * s_noise * su
         denoised_2 = model(x_2, sigma_mid * s_in, **extra_args)
         # Stage 2: the full step with the r-weighted blend of both predictions.
         sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        lam_ = _lam(torch.as_tensor(sd))
         fac = 1 / (2 * r)
         blend = (1 - fac) * denoised + fac * denoised_2
-        x = (lam - lam_).exp() * x - (lam - lam_).expm1() * blend
+        x = _dpmpp_step(x, blend, lam, _lam(torch.as_tensor(sd)))
         x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * su
     return x
 
@@ -134,7 +147,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         else:
             h = _lam(sigmas[i + 1]) - _lam(sigmas[i])
             h_eta = h * (eta + 1)
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - (-h_eta).expm1() * denoised
+            x = _sde_step(x, denoised, sigmas[i], sigmas[i + 1], h, eta)
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
@@ -142,7 +155,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                 else:
                     x = x - 0.5 * (-h_eta).expm1() * (1 / r) * (denoised - old_denoised)
             if eta > 0 and s_noise > 0:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _sde_noise(noise_sampler, sigmas[i], sigmas[i + 1], h, eta, s_noise)
         old_denoised, h_last = denoised, h
     return x
 
@@ -171,7 +184,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         else:
             h = _lam(sigmas[i + 1]) - _lam(sigmas[i])
             h_eta = h * (eta + 1)
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - (-h_eta).expm1() * denoised
+            x = _sde_step(x, denoised, sigmas[i], sigmas[i + 1], h, eta)
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -184,7 +197,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - d_1) / (h_1 / h)
             if eta > 0 and s_noise > 0:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _sde_noise(noise_sampler, sigmas[i], sigmas[i + 1], h, eta, s_noise)
         d_1, d_2 = denoised, d_1
         h_1, h_2 = h, h_1
     return x

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from ._loading import IGNORED_SUFFIXES, load_on_meta
 from .clip import CLIPTextModel, OpenCLIPTextModel, config_from_state_dict
 from .lora import LoraMatch, LoraPatch, LoraPatcher
 from .prompt import Chunk, EmbeddingLibrary, apply_weights, empty_chunk, tokenize_prompt
@@ -285,7 +286,6 @@ CLIP_L_PREFIXES = {
     "sd1_old": "cond_stage_model.transformer.",  # SD1 files saved with transformers < 4.x: no text_model.
 }
 BIGG_PREFIXES = {"sdxl": "conditioner.embedders.1.model.", "sdxl_refiner": "conditioner.embedders.0.model."}
-_IGNORED_SUFFIXES = ("position_ids", "logit_scale")
 
 
 class TextEncoderLoadError(ValueError):
@@ -325,7 +325,7 @@ def text_encoder_keys(sd: Mapping[str, object]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name, prefix in _prefixes(kind).items():
         out[name] = {
-            k[len(prefix):]: k for k in sd if k.startswith(prefix) and not k.endswith(_IGNORED_SUFFIXES)
+            k[len(prefix):]: k for k in sd if k.startswith(prefix) and not k.endswith(IGNORED_SUFFIXES)
         }
     return out
 
@@ -335,27 +335,9 @@ def _build(model_cls, layout: Literal["hf", "open_clip"], tensors: dict[str, tor
         config = config_from_state_dict(tensors, layout)
     except KeyError as e:
         raise TextEncoderLoadError(f"text encoder at {where}: {e.args[0]}") from None
-    with torch.device("meta"):
-        model = model_cls(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {tuple(expected[k].shape)})"
-             for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(where + k for k in missing[:20])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(where + k for k in unexpected[:20])}")
-    if wrong:
-        problems.append(f"wrong shape: {', '.join(where + w for w in wrong[:20])}")
-    if problems:
-        raise TextEncoderLoadError(f"text encoder at {where}: " + "; ".join(problems))
-    # each tensor is converted once, straight into the parameter (assign=True keeps the meta model's
-    # storage out of the way: nothing is allocated and then overwritten)
-    converted = {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
-    model.load_state_dict(converted, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    return load_on_meta(model_cls, config, shapes, tensors.__getitem__, dtype, device, prefix=where,
+                        fail=lambda message: TextEncoderLoadError(f"text encoder at {where}: {message}"))
 
 
 def load_text_encoders(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32,

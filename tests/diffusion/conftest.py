@@ -28,14 +28,9 @@ TIME_EMBED = 8  # per-scalar width of the size/crop embedding in the tiny y (SDX
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seed, and run on one thread: tiny models gain nothing from more, and on a shared machine
-    torch's spinning worker threads made them 10-30x slower."""
+def _seed():
+    """Seed torch's global generator, so each test's random tensors are the same on every run."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -18,17 +18,10 @@ from tests.diffusion.text_fixtures import (
     hf_bigg,
     hf_clip_l,
     hf_config,
-    one_thread,
     random_bigg,
     random_clip_l,
     strip_text_model,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 transformers = pytest.importorskip("transformers")

@@ -11,13 +11,7 @@ from nodes.diffusion.lora import LoraPatch, LoraPatcher, LoraWeight, load_lora, 
 from nodes.diffusion.random_checkpoint import PRESETS
 from nodes.diffusion.text_encoder import SDXLClip
 from nodes.diffusion.unet import UNet
-from tests.diffusion.text_fixtures import one_thread, random_bigg, random_clip_l
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+from tests.diffusion.text_fixtures import random_bigg, random_clip_l
 
 
 RANK = 4

@@ -14,13 +14,6 @@ from nodes.diffusion.prompt import (
     tokenize_prompt,
 )
 from nodes.diffusion.tokenizer import BOS_ID, EOS_ID, get_tokenizer
-from tests.diffusion.text_fixtures import one_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 CAT, DOG, A, COMMA = 2368, 1929, 320, 267

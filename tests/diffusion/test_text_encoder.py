@@ -19,13 +19,7 @@ from nodes.diffusion.text_encoder import (
     text_encoder_keys,
 )
 from nodes.diffusion.tokenizer import BOS_ID, EOS_ID, get_tokenizer
-from tests.diffusion.text_fixtures import G_PREFIX, L_PREFIX, hf_bigg, hf_clip_l, one_thread, random_bigg, random_clip_l
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+from tests.diffusion.text_fixtures import G_PREFIX, L_PREFIX, hf_bigg, hf_clip_l, random_bigg, random_clip_l
 
 
 CAT = 2368

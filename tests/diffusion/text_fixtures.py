@@ -1,9 +1,5 @@
 """Shared helpers for the text-encoder tests: random tiny CLIP models and their transformers twins."""
 
-import contextlib
-
-import torch
-
 from nodes.diffusion.clip import CLIPTextConfig, CLIPTextModel, OpenCLIPTextModel
 from tests.diffusion.conftest import randomize_  # every parameter random: norms near 1, biases near 0
 
@@ -15,7 +11,6 @@ __all__ = [
     "hf_bigg",
     "hf_clip_l",
     "hf_config",
-    "one_thread",
     "random_bigg",
     "random_clip_l",
     "strip_text_model",
@@ -36,17 +31,6 @@ def random_clip_l(config: CLIPTextConfig = PARITY_L_CONFIG, seed: int = 0) -> CL
 
 def random_bigg(config: CLIPTextConfig = PARITY_BIGG_CONFIG, seed: int = 1) -> OpenCLIPTextModel:
     return randomize_(OpenCLIPTextModel(config), seed).eval()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread: on a shared, busy machine, tiny matmuls on 2+ threads wait milliseconds on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- transformers twins, loaded through diffusers' single-file converters (sdxl.md 4b) -------------
