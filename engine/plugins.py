@@ -10,6 +10,7 @@ failed, and nothing it half-registered remains. The built-in node library is the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -402,8 +403,18 @@ class PluginHost:
                       keep_nodes=True)
 
     def startup(self, env: Environment) -> None:
-        """Run the startup hooks outside an event loop (the CLI); the server awaits `startup_async`."""
-        asyncio.run(self.startup_async(env))
+        """Run the startup hooks from synchronous code (the CLI); the server awaits `startup_async`.
+
+        Called from a thread whose event loop is running (a notebook, an async host), the hooks run
+        on a fresh loop in a helper thread, since that loop cannot be re-entered.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.startup_async(env))
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, self.startup_async(env)).result()
 
     def failed(self) -> list[PluginRecord]:
         """Records of plugins that failed to load."""

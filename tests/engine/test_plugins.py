@@ -446,6 +446,22 @@ def test_hook_startup_sync_and_async_with_failures_recorded() -> None:
     assert host.records[3].nodes == ["Const"] and "Const" in host.nodes  # registered before startup
 
 
+def test_startup_called_while_an_event_loop_runs_in_this_thread() -> None:
+    seen: list[str] = []
+
+    async def async_body(env: Any) -> None:
+        await asyncio.sleep(0)
+        seen.append("async")
+
+    host = PluginHost(entry_points=False, plugins=[plugin("b", startup=lambda env: async_body(env))]).load()
+
+    async def embedded() -> None:  # e.g. a notebook or an async application calling the CLI code
+        host.startup(host.environment({}))
+
+    asyncio.run(embedded())
+    assert seen == ["async"] and host.records[0].status == "ok"
+
+
 # ---- host behaviour -------------------------------------------------------------------------------
 
 

@@ -48,6 +48,13 @@ def test_default_workflow_plugins_and_extensions(editor: Any) -> None:
         choices = editor.evaluate("app.defs.CheckpointLoaderSimple.input.required.ckpt_name[0]")
         value = editor.evaluate("app.graph._nodes.find(n => n.type === 'CheckpointLoaderSimple').widgets[0].value")
         assert not choices or value == choices[0]
+        # With only latentgraph's own demo checkpoints, the editor says where real ones go.
+        builtin = all(name.startswith("latentgraph_") for name in choices)
+        assert editor.is_visible("#model-note") == builtin
+        if builtin:
+            assert "models/checkpoints/" in editor.inner_text("#model-note")
+            editor.click("#model-note-close")
+            assert not editor.is_visible("#model-note")
 
 
 def test_save_reopen_png_drop_tabs_and_upload(editor: Any, tmp_path: Path) -> None:

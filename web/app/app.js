@@ -99,6 +99,7 @@ export class App {
       for (const type of def.output ?? []) if (!Array.isArray(type)) setTypeColor(this.canvas, type, typeColor(type));
     }
     await this.#showFailedPlugins();
+    this.#noteBuiltinModels(defs);
     if (this.tabs.restore()) {
       await this.loadGraphData(JSON.parse(this.tabs.current.workflow), { keepTab: true });
       this.tabs.render();
@@ -463,6 +464,15 @@ export class App {
         this.showBanner(`web extension ${url} failed to load: ${error.message}`);
       }
     }
+  }
+
+  /** Say plainly when the only checkpoints are latentgraph's own (they are demos, not real SDXL weights). */
+  #noteBuiltinModels(defs) {
+    const choices = defs?.CheckpointLoaderSimple?.input?.required?.ckpt_name?.[0];
+    if (!Array.isArray(choices)) return;
+    const builtin = choices.every((name) => name.startsWith("latentgraph_"));
+    $("model-note").hidden = !builtin;
+    $("model-note-close").onclick = () => { $("model-note").hidden = true; };
   }
 
   async #showFailedPlugins() {
