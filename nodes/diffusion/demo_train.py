@@ -1,0 +1,529 @@
+"""Train the embedded demo model: a tiny SDXL-architecture checkpoint on the procedural shapes set.
+
+Phases (each resumable from the state file): `render` the data set (demo_data), train the `vae`
+(L1 + L2 + a small KL, on random crops), `encode` every image to its posterior mean and normalise
+the latents exactly into SDXL's scale (see `normalize_vae`), then train the `unet` together with the
+two text encoders from scratch (eps-prediction on SDXL's discrete schedule, 10% empty captions for
+classifier-free guidance, EMA weights), and `export` a single-file SDXL checkpoint in the original
+layout. Everything random is drawn from generators keyed by (seed, phase, step), so a run is
+reproducible and a resumed run draws what the uninterrupted one would have.
+
+CLI: `python -m nodes.diffusion.demo_train [--out nodes/diffusion/data/latentgraph_demo.safetensors]
+[--work DIR] [--seed 0] [--device auto|cpu|cuda] [--vae-steps N] [--unet-steps N] [--images N]`.
+The recipe and its figures are in docs/demo_model.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import UNET_PREFIX, VAE_PREFIX
+from .clip import CLIPTextConfig, CLIPTextModel, OpenCLIPTextModel
+from .demo_data import caption, render, sample_scene, scene_rng
+from .devices import cpu_has_fast_bf16
+from .model_sampling import ModelSamplingDiscrete
+from .text_encoder import BIGG_PREFIXES, CLIP_L_PREFIXES, SDXLClip, sdxl_adm
+from .unet import UNet, UNetConfig
+from .vae import SDXL_SCALE_FACTOR, AutoencoderKL, VAEConfig
+
+__all__ = [
+    "DEMO_CLIP_L",
+    "DEMO_CLIP_G",
+    "DEMO_UNET",
+    "DEMO_VAE",
+    "DEMO_PATH",
+    "Recipe",
+    "Trainer",
+    "normalize_vae",
+    "main",
+]
+
+DEMO_PATH = Path(__file__).parent / "data" / "latentgraph_demo.safetensors"
+
+# Text encoders: the real 49,408-token vocabulary and 77 positions, 32 wide (one 32-wide head), three
+# blocks, so the penultimate hidden state SDXL conditions on has passed two of them.
+DEMO_CLIP_L = CLIPTextConfig(width=32, layers=3, heads=1, mlp_width=128)
+DEMO_CLIP_G = CLIPTextConfig(width=32, layers=3, heads=1, mlp_width=128, activation="gelu", projection_dim=32)
+# SDXL's UNet layout at 1/10 width: no attention at level 0, linear projections, 64-wide heads,
+# context = CLIP-L + bigG widths (the 2048 concat), y = pooled + 6 x 256 size/crop embeddings (2816-style).
+DEMO_UNET = UNetConfig(
+    model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, transformer_depth=(0, 1, 1), transformer_depth_middle=1,
+    num_head_channels=64, context_dim=DEMO_CLIP_L.width + DEMO_CLIP_G.width, adm_in_channels=DEMO_CLIP_G.projection_dim + 6 * 256,  # type: ignore[operator]
+)
+# 8x compression to 4 channels like SDXL's VAE, with 32..64 channels instead of 128..512.
+DEMO_VAE = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+
+PHASES = ("render", "vae", "encode", "unet", "export")
+# Rough relative cost of one step of each phase (measured on CPU), for the "total left" estimate.
+_STEP_COST = {"vae": 1.0, "encode": 0.25, "unet": 1.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights; stored in the state file and the checkpoint."""
+
+    seed: int = 0
+    image_size: int = 128  # training and default sampling resolution (latent 16 x 16)
+    images: int = 2048  # rendered scenes; the VAE trains on crops of them, the UNet on their latents
+    vae_steps: int = 550  # the first vae_crop_steps on crops, the rest on whole pictures
+    vae_crop_steps: int = 400
+    vae_batch: int = 8  # crops per step; whole pictures come vae_batch // 2 at a time
+    vae_crop: int = 64  # crops learn fast; the whole-picture steps then fit GroupNorm statistics and the mid attention to 128px
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    anchor_weight: float = 1.0  # pull latent channels 0-2 towards the 8x8-averaged RGB: the encoder learns in minutes, not hours
+    unet_steps: int = 3200
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    caption_dropout: float = 0.1  # share of empty captions, what CFG's negative "" is trained on
+    ema: float = 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# small pieces
+
+
+def _generator(seed: int, phase: str, step: int, stream: int = 0) -> torch.Generator:
+    """The generator of one step's draws (stream 0: the batch, 1: noise), independent of any history."""
+    key = (((seed * 1_000_003 + PHASES.index(phase)) * 1_000_033 + stream) * 10_000_019 + step) % (2**63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p))))
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: not biases, norms, or embeddings (unused vocabulary rows must stay put)."""
+    decay, keep = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            embedding = "embedding" in name
+            (decay if p.ndim >= 2 and not embedding else keep).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def _zero_init(unet: UNet) -> None:
+    """ldm's zero_module: each residual branch's last layer starts at zero, so the UNet starts as identity paths."""
+    for name, module in unet.named_modules():
+        if name.endswith("out_layers.3") or name.endswith("proj_out") or name == "out.2":
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _init_text(model: nn.Module) -> None:
+    """CLIP's initialisation of the embeddings (token std 0.02, positions 0.01)."""
+    for name, p in model.named_parameters():
+        if name.endswith("token_embedding.weight"):
+            nn.init.normal_(p, std=0.02)
+        elif "position" in name:
+            nn.init.normal_(p, std=0.01)
+
+
+@torch.no_grad()
+def normalize_vae(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor, scale_factor: float = SDXL_SCALE_FACTOR) -> None:
+    """Fold z' = c (z - mean), c = 1 / (scale_factor * std) per channel, into quant_conv / post_quant_conv.
+
+    Exact: encode now returns z' (its log-variance shifted by 2 ln c), decode(z') equals the old
+    decode(z). Afterwards scale_factor * latent has zero mean and unit std per channel, which is what
+    SDXL's fixed 0.13025 assumes, so the checkpoint needs no scale of its own.
+    """
+    c = 1.0 / (scale_factor * std.double())  # (C,)
+    m = mean.double()
+    q, p = vae.quant_conv, vae.post_quant_conv
+    E = p.in_channels
+    wq, bq = q.weight.double(), q.bias.double()  # (2E, 2Z, 1, 1), (2E,)
+    wq[:E] *= c[:, None, None, None]
+    bq[:E] = c * (bq[:E] - m)
+    bq[E:] += 2.0 * torch.log(c)
+    wp, bp = p.weight.double(), p.bias.double()  # (Z, E, 1, 1), (Z,)
+    bp = bp + wp[:, :, 0, 0] @ m
+    wp = wp / c[None, :, None, None]
+    q.weight.copy_(wq)
+    q.bias.copy_(bq)
+    p.weight.copy_(wp)
+    p.bias.copy_(bp)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """One training run: holds the models, runs the phases in order, saves and resumes its state."""
+
+    def __init__(self, recipe: Recipe, work: Path, device: torch.device, log=print, workers: int = 1):
+        self.recipe, self.work, self.device, self.log, self.workers = recipe, work, device, log, workers
+        self.state_path = work / "demo_train_state.pt"
+        self.bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        torch.manual_seed(recipe.seed)
+        self.vae = AutoencoderKL(DEMO_VAE)
+        with torch.no_grad():  # posterior std 0.05 at the start: unit noise would drown the young encoder's means
+            self.vae.quant_conv.bias[DEMO_VAE.embed_dim :].fill_(-6.0)
+        self.vae.to(device)
+        self.clip_l = CLIPTextModel(DEMO_CLIP_L)
+        self.clip_g = OpenCLIPTextModel(DEMO_CLIP_G)
+        _init_text(self.clip_l)
+        _init_text(self.clip_g)
+        self.clip_l.to(device)
+        self.clip_g.to(device)
+        self.unet = UNet(DEMO_UNET)
+        _zero_init(self.unet)
+        self.unet.to(device)
+        self.phase, self.step = "render", 0
+        self.images: torch.Tensor | None = None  # (N, 3, H, W) uint8
+        self.scenes: list = []
+        self.latents: torch.Tensor | None = None  # (N, 4, h, w) float32, model space (x scale_factor)
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+        trained = [self.unet, self.clip_l, self.clip_g]
+        self.opt = torch.optim.AdamW(_param_groups(trained, recipe.weight_decay), lr=recipe.unet_lr, betas=(0.9, 0.99),
+                                     fused=device.type == "cuda")
+        self.ema = [p.detach().clone() for m in trained for p in m.parameters()]
+        self.history: dict[str, list[tuple[int, float]]] = {"vae": [], "unet": []}
+        self.elapsed = 0.0  # seconds of training done so far, over all sessions
+        self.clip = SDXLClip(self.clip_l, self.clip_g)
+        self._tokens: dict[str, tuple[list[int], list[int]]] = {}
+        self._export_to: Path | None = None
+        self._export_every = 0.0
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        state = {
+            "recipe": dataclasses.asdict(self.recipe),
+            "phase": self.phase,
+            "step": self.step,
+            "vae": self.vae.state_dict(),
+            "vae_opt": self.vae_opt.state_dict(),
+            "unet": self.unet.state_dict(),
+            "clip_l": self.clip_l.state_dict(),
+            "clip_g": self.clip_g.state_dict(),
+            "opt": self.opt.state_dict(),
+            "ema": self.ema,
+            "latents": self.latents,
+            "history": self.history,
+            "elapsed": self.elapsed,
+        }
+        self.work.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".part")
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+
+    def load(self) -> bool:
+        """Resume from the state file if there is one; refuses a file made with another recipe."""
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        if state["recipe"] != dataclasses.asdict(self.recipe):
+            raise SystemExit(
+                f"{self.state_path} was made with another recipe ({state['recipe']}); pass the same options, "
+                "or delete the file (or pick another --work folder) to start over"
+            )
+        self.vae.load_state_dict(state["vae"])
+        self.vae_opt.load_state_dict(state["vae_opt"])
+        self.unet.load_state_dict(state["unet"])
+        self.clip_l.load_state_dict(state["clip_l"])
+        self.clip_g.load_state_dict(state["clip_g"])
+        self.opt.load_state_dict(state["opt"])
+        self.ema = [t.to(self.device) for t in state["ema"]]
+        self.latents = state["latents"]
+        self.history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}
+        self.elapsed = float(state["elapsed"])
+        self.phase, self.step = state["phase"], int(state["step"])
+        self.log(f"resumed {self.state_path}: phase {self.phase}, step {self.step}, {_fmt(self.elapsed)} trained")
+        return True
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def _steps(self, phase: str) -> int:
+        r = self.recipe
+        return {"vae": r.vae_steps, "encode": math.ceil(r.images / 64), "unet": r.unet_steps}.get(phase, 0)
+
+    def _report(self, phase: str, step: int, loss: float, per_step: float) -> None:
+        left = (self._steps(phase) - step) * per_step
+        later = PHASES[PHASES.index(phase) + 1 :]
+        total = left + sum(self._steps(p) * _STEP_COST.get(p, 0.0) / _STEP_COST[phase] * per_step for p in later)
+        self.log(f"[{phase}] step {step}/{self._steps(phase)}  loss {loss:.4f}  {per_step:.3f} s/step  "
+                 f"phase left {_fmt(left)}  total left ~{_fmt(total)}")
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def run(self, checkpoint_every: float = 120.0, export_to: Path | None = None, export_every: float = 0.0) -> None:
+        """Run the phases left; with `export_every` > 0, also write the checkpoint that often while the UNet trains."""
+        self._export_to, self._export_every = export_to, export_every
+        self.load()
+        self.render_images()  # cheap and deterministic: redone on every resume instead of stored
+        if self.phase == "render":
+            self.phase, self.step = "vae", 0
+        if self.phase == "vae":
+            self.train_vae(checkpoint_every)
+            self.phase, self.step = "encode", 0
+        if self.phase == "encode":
+            self.encode_latents()
+            self.phase, self.step = "unet", 0
+            self.save()
+        if self.phase == "unet":
+            self.train_unet(checkpoint_every)
+            self.phase, self.step = "export", 0
+            self.save()
+
+    def render_images(self) -> None:
+        r = self.recipe
+        t0 = time.time()
+        self.scenes = [sample_scene(scene_rng(r.seed, i)) for i in range(r.images)]
+        if self.phase in ("render", "vae", "encode"):
+            if self.workers > 1:
+                with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
+                    pictures = pool.starmap(render, [(s, r.image_size) for s in self.scenes], chunksize=64)
+            else:
+                pictures = [render(s, r.image_size) for s in self.scenes]
+            self.images = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+            self.log(f"[render] {r.images} scenes at {r.image_size}px in {time.time() - t0:.1f} s")
+
+    def _vae_batch(self, step: int) -> torch.Tensor:
+        r = self.recipe
+        assert self.images is not None
+        g = _generator(r.seed, "vae", step)
+        crop, batch = (r.vae_crop, r.vae_batch) if step < r.vae_crop_steps else (r.image_size, max(1, r.vae_batch // 2))
+        idx = torch.randint(0, r.images, (batch,), generator=g)
+        top = torch.randint(0, r.image_size - crop + 1, (batch,), generator=g)
+        left = torch.randint(0, r.image_size - crop + 1, (batch,), generator=g)
+        crops = [self.images[i, :, t : t + crop, lft : lft + crop] for i, t, lft in zip(idx.tolist(), top.tolist(), left.tolist())]
+        return torch.stack(crops).to(self.device).float() / 127.5 - 1.0  # (B, 3, crop, crop) in -1..1
+
+    def train_vae(self, checkpoint_every: float) -> None:
+        r = self.recipe
+        self.vae.train()
+        last_save = time.time()
+        t_phase, done, running = time.time(), 0, None
+        while self.step < r.vae_steps:
+            t0 = time.time()
+            for group in self.vae_opt.param_groups:
+                group["lr"] = _lr(self.step, r.vae_steps, r.vae_lr, r.warmup)
+            x = self._vae_batch(self.step)
+            g = _generator(r.seed, "vae", self.step, stream=1)
+            with self._autocast():
+                mean, logvar = self.vae.encode_moments(x)
+                noise = torch.randn(mean.shape, generator=g).to(self.device)
+                z = mean + torch.exp(0.5 * logvar) * noise
+                recon = self.vae.decode(z).float()
+            mean, logvar = mean.float(), logvar.float()
+            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
+            anchor = F.mse_loss(mean[:, :3], F.avg_pool2d(x, DEMO_VAE.downscale))
+            loss = rec + r.kl_weight * kl + r.anchor_weight * anchor
+            self.vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+            self.vae_opt.step()
+            self.step += 1
+            done += 1
+            self.elapsed += time.time() - t0
+            running = rec.item() if running is None else 0.98 * running + 0.02 * rec.item()
+            if self.step % 50 == 0 or self.step == r.vae_steps:
+                self.history["vae"].append((self.step, running))
+                self._report("vae", self.step, running, (time.time() - t_phase) / done)
+            if time.time() - last_save > checkpoint_every:
+                self.save()
+                last_save = time.time()
+        self.vae.eval()
+        self.save()
+
+    @torch.no_grad()
+    def encode_latents(self) -> None:
+        r = self.recipe
+        assert self.images is not None
+        self.vae.eval()
+        t0 = time.time()
+        chunks = []
+        for i in range(0, r.images, 64):
+            x = self.images[i : i + 64].to(self.device).float() / 127.5 - 1.0
+            chunks.append(self.vae.encode(x).float().cpu())
+        z = torch.cat(chunks)  # (N, 4, h, w) unscaled
+        mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+        normalize_vae(self.vae, mean, std)
+        self.latents = ((z - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()  # = scale_factor * z'
+        self.log(f"[encode] {r.images} latents {tuple(z.shape[1:])} in {time.time() - t0:.1f} s; raw mean {mean.tolist()}, "
+                 f"std {std.tolist()} folded into quant_conv so that {SDXL_SCALE_FACTOR} x latent has unit std")
+        self.images = None
+
+    def _ids(self, text: str) -> tuple[list[int], list[int]]:
+        if text not in self._tokens:
+            tokens = self.clip.tokenize(text)
+            self._tokens[text] = ([t for t, _ in tokens["l"][0]], [t for t, _ in tokens["g"][0]])
+        return self._tokens[text]
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, 77, 64), y (B, adm)) with gradients, as SDXLClip + sdxl_adm compute them."""
+        ids = [self._ids(c) for c in captions]
+        l_ids = torch.tensor([a for a, _ in ids], device=self.device)
+        g_ids = torch.tensor([b for _, b in ids], device=self.device)
+        l_out = self.clip_l(l_ids, layer_idx=-2)
+        g_out = self.clip_g(g_ids, layer_idx=-2)
+        context = torch.cat([l_out.hidden, g_out.hidden], dim=-1)
+        size = self.recipe.image_size
+        return context, sdxl_adm(g_out.pooled.float(), size, size)
+
+    def _unet_batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        r = self.recipe
+        assert self.latents is not None
+        g = _generator(r.seed, "unet", step)
+        idx = torch.randint(0, r.images, (r.unet_batch,), generator=g).tolist()
+        captions = []
+        for k, i in enumerate(idx):
+            rng = scene_rng(r.seed, step * r.unet_batch + k, stream=1)
+            text = caption(self.scenes[i], rng)
+            captions.append("" if rng.random() < r.caption_dropout else text)
+        return self.latents[idx].to(self.device), captions
+
+    def train_unet(self, checkpoint_every: float) -> None:
+        r = self.recipe
+        ms = ModelSamplingDiscrete()
+        alphas = ms.alphas_cumprod.float().to(self.device)
+        trained = [self.unet, self.clip_l, self.clip_g]
+        params = [p for m in trained for p in m.parameters()]
+        for m in trained:
+            m.train()
+        last_save = last_export = time.time()
+        t_phase, done, running = time.time(), 0, None
+        while self.step < r.unet_steps:
+            t0 = time.time()
+            for group in self.opt.param_groups:
+                group["lr"] = _lr(self.step, r.unet_steps, r.unet_lr, r.warmup)
+            x0, captions = self._unet_batch(self.step)
+            g = _generator(r.seed, "unet", self.step, stream=1)
+            t = torch.randint(0, ms.num_timesteps, (x0.shape[0],), generator=g)
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            a = alphas[t.to(self.device)].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # = (x0 + sigma eps) / sqrt(sigma^2 + 1), the UNet's input
+            with self._autocast():
+                context, y = self.encode_text(captions)
+                eps = self.unet(xt, t.to(self.device).float(), context, y=y)
+            loss = F.mse_loss(eps.float(), noise)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.opt.step()
+            decay = min(r.ema, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - decay)
+            self.step += 1
+            done += 1
+            self.elapsed += time.time() - t0
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if self.step % 50 == 0 or self.step == r.unet_steps:
+                self.history["unet"].append((self.step, running))
+                self._report("unet", self.step, running, (time.time() - t_phase) / done)
+            if time.time() - last_save > checkpoint_every:
+                self.save()
+                last_save = time.time()
+            if self._export_to is not None and self._export_every > 0 and time.time() - last_export > self._export_every:
+                self.export(self._export_to)
+                last_export = time.time()
+        for m in trained:
+            m.eval()
+
+    # -- export -----------------------------------------------------------------------------------
+
+    def state_dict_sdxl(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        """The single-file SDXL layout: UNet and text encoders from the EMA weights, the normalised VAE."""
+        trained = [self.unet, self.clip_l, self.clip_g]
+        ema = iter(self.ema)
+        weights = [{name: next(ema) for name, _ in m.named_parameters()} for m in trained]
+        out: dict[str, torch.Tensor] = {}
+        for (prefix, module), w in zip(
+            [(UNET_PREFIX, self.unet), (CLIP_L_PREFIXES["sdxl"], self.clip_l), (BIGG_PREFIXES["sdxl"], self.clip_g)], weights
+        ):
+            for name, t in module.state_dict().items():
+                out[prefix + name] = w.get(name, t)
+        for name, t in self.vae.state_dict().items():
+            out[VAE_PREFIX + name] = t
+        return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
+
+    def export(self, path: Path) -> Path:
+        from safetensors.torch import save_file
+
+        metadata = {
+            "description": "latentgraph demo: tiny SDXL-architecture model trained on procedural coloured shapes",
+            "latentgraph.demo_recipe": json.dumps(dataclasses.asdict(self.recipe)),
+            "latentgraph.demo_losses": json.dumps({k: v[-1][1] if v else None for k, v in self.history.items()}),
+            "latentgraph.demo_train_seconds": f"{self.elapsed:.0f}",
+            "latentgraph.demo_device": self.device.type + (" bf16" if self.bf16 else " fp32"),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        save_file(self.state_dict_sdxl(), str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        return path
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(prog="python -m nodes.diffusion.demo_train", description="Train the embedded demo model (docs/demo_model.md).")
+    parser.add_argument("--out", default=str(DEMO_PATH), help="checkpoint to write (default: the shipped one)")
+    parser.add_argument("--work", default="demo_train", help="folder of the resumable state file (default ./demo_train)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that render the data set (default 1)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--images", type=int, default=defaults.images)
+    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
+    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
+    parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
+    parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
+    parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between state saves")
+    parser.add_argument("--export-every", type=float, default=0.0, help="also write --out this often (seconds) while the UNet trains")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = dataclasses.replace(defaults, seed=args.seed, images=args.images, vae_steps=args.vae_steps,
+                                 unet_steps=args.unet_steps, unet_batch=args.unet_batch, vae_batch=args.vae_batch)
+    device = _device(args.device)
+    trainer = Trainer(recipe, Path(args.work), device, log=lambda m: print(m, flush=True), workers=args.workers)
+    trainer.log(f"training the demo model on {device} ({'bf16 autocast' if trainer.bf16 else 'fp32'}), recipe {recipe}")
+    trainer.run(args.checkpoint_every, Path(args.out), args.export_every)
+    out = trainer.export(Path(args.out))
+    losses = {k: round(v[-1][1], 4) for k, v in trainer.history.items() if v}
+    trainer.log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {_fmt(trainer.elapsed)} of training; final losses {losses}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
