@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engine.plugins import hookimpl
 
-__all__ = ["NODE_MODULES", "DEFAULT_CHECKPOINT", "node_classes", "register_nodes", "register_samplers",
+__all__ = ["NODE_MODULES", "DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINT", "node_classes", "register_nodes", "register_samplers",
            "register_schedulers", "startup", "ensure_default_checkpoint", "free_models"]
 
 # Every module here exports NODES, a tuple of node classes.
@@ -66,16 +69,18 @@ def register_schedulers(register: Callable[..., Any]) -> None:
         register(name, fn)
 
 
-DEFAULT_CHECKPOINT = "latentgraph_default_tiny.safetensors"
+DEFAULT_CHECKPOINT = "latentgraph_demo.safetensors"
+# The embedded demo model, trained by the project (docs/demo_model.md); shipped inside the package.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "diffusion" / "data" / DEFAULT_CHECKPOINT
 
 
 @hookimpl
 def startup(env: Any) -> None:
-    """Write the embedded default model on first start, so the default workflow runs with no download.
+    """Put the embedded demo model into models/checkpoints on first start, so the default workflow runs.
 
-    It is a tiny random-weight SDXL checkpoint (the `tiny` preset): it runs every node of the default
-    workflow but draws noise-like images; real images need a real SDXL checkpoint in models/checkpoints.
-    Set `default_model` to false in the settings to skip it.
+    It is latentgraph's own tiny SDXL-architecture model (coloured shapes only, docs/demo_model.md);
+    real images need a real SDXL checkpoint in models/checkpoints. Set `default_model` to false in the
+    settings to skip it.
     """
     env.services.setdefault("free", functools.partial(free_models, env))
     if env.settings.get("default_model", True) is False:
@@ -91,21 +96,18 @@ def free_models(env: Any, unload_models: bool = False, free_memory: bool = False
         model_cache(env).clear()
 
 
-def ensure_default_checkpoint(settings: dict[str, Any]) -> Any:
-    """The default checkpoint's path, written (atomically) into models/checkpoints if it is missing."""
-    import os
-
+def ensure_default_checkpoint(settings: dict[str, Any]) -> Path:
+    """The default checkpoint's path, copied (atomically) into models/checkpoints if it is missing."""
     from nodes import folders
-    from nodes.diffusion.random_checkpoint import write_random_checkpoint
 
     existing = folders.find_model(settings, "checkpoints", DEFAULT_CHECKPOINT)
     if existing is not None:
-        return existing
+        return Path(existing)
     target = folders.model_folders(settings, "checkpoints")[0] / DEFAULT_CHECKPOINT
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        write_random_checkpoint(partial, "tiny", seed=0)
+        shutil.copyfile(SHIPPED_CHECKPOINT, partial)
         os.replace(partial, target)  # readers never see a half-written file
     finally:
         partial.unlink(missing_ok=True)

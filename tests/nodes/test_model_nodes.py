@@ -62,7 +62,7 @@ def test_checkpoint_loads_once_across_prompts(call, env, models) -> None:
 def test_model_files_are_listed_and_missing_ones_explained(env, host, models) -> None:
     info = CheckpointLoaderSimple.object_info(env)
     assert info["input"]["required"]["ckpt_name"][0] == [
-        "latentgraph_default_tiny.safetensors", "tiny_refiner.safetensors", "tiny_sdxl.safetensors"]
+        "latentgraph_demo.safetensors", "tiny_refiner.safetensors", "tiny_sdxl.safetensors"]
     assert LoraLoader.object_info(env)["input"]["required"]["lora_name"][0] == ["tiny_lora.safetensors"]
     (problem,) = CheckpointLoaderSimple.check_inputs({"ckpt_name": "sd_xl_base_1.0.safetensors"}, env)
     assert problem.input == "ckpt_name"

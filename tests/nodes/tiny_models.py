@@ -22,7 +22,6 @@ __all__ = ["TINY", "tiny_model_files", "install_models", "write_tiny_lora", "wri
 TINY = {
     "tiny_sdxl.safetensors": ("tiny", 0),
     "tiny_refiner.safetensors": ("tiny_refiner", 1),
-    "latentgraph_default_tiny.safetensors": ("tiny", 0),
 }
 _SOURCES = ("random_checkpoint.py", "unet.py", "vae.py", "clip.py", "checkpoint.py")
 
@@ -62,11 +61,14 @@ def tiny_model_files(cache_root: Path) -> Path:
 
 
 def install_models(source: Path, models_dir: Path) -> None:
-    """Link the tiny files into a ComfyUI-style models folder (checkpoints/, loras/, vae/)."""
+    """Link the tiny files and the shipped demo model into a ComfyUI-style models folder."""
     for sub in ("checkpoints", "loras", "vae", "embeddings"):
         (models_dir / sub).mkdir(parents=True, exist_ok=True)
     for name in TINY:
         _link(source / name, models_dir / "checkpoints" / name)
+    from nodes.plugin import DEFAULT_CHECKPOINT, SHIPPED_CHECKPOINT  # the embedded demo, as users get it
+
+    _link(SHIPPED_CHECKPOINT, models_dir / "checkpoints" / DEFAULT_CHECKPOINT)
     _link(source / "tiny_lora.safetensors", models_dir / "loras" / "tiny_lora.safetensors")
 
 

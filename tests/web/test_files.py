@@ -34,7 +34,7 @@ def test_default_workflow_plugins_and_extensions(editor: Any) -> None:
     prompt = editor.evaluate("app.graphToPrompt()")
     assert prompt["3"]["inputs"] | {"seed": 0} == {
         "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "seed": 0,
-        "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+        "steps": 10, "cfg": 5.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}
     assert prompt["9"]["inputs"] == {"images": ["8", 0], "filename_prefix": "latentgraph"}
     # The failed plugin is in the banner with its error; the test extension ran every hook.
     banner = editor.inner_text("#banner")

@@ -181,11 +181,17 @@ def test_startup_writes_the_default_checkpoint(tmp_path: Path) -> None:
     path = nodes.plugin.ensure_default_checkpoint(settings)
     assert path == (tmp_path / "models" / "checkpoints" / nodes.plugin.DEFAULT_CHECKPOINT).resolve()
     assert detect(read_shapes(path)).family == "sdxl"
+    assert path.read_bytes() == nodes.plugin.SHIPPED_CHECKPOINT.read_bytes()
     stamp = path.stat().st_mtime_ns
     assert nodes.plugin.ensure_default_checkpoint(settings) == path and path.stat().st_mtime_ns == stamp
     assert [p.name for p in path.parent.iterdir()] == [nodes.plugin.DEFAULT_CHECKPOINT]  # no partial files left
     default = _api("default")
     assert default["4"]["inputs"]["ckpt_name"] == nodes.plugin.DEFAULT_CHECKPOINT
+
+
+def test_the_editor_opens_the_same_default_workflow() -> None:
+    editor_default = json.loads((ROOT / "web" / "app" / "default_workflow.json").read_text())
+    assert editor_default == json.loads((WORKFLOWS / "default.json").read_text())
 
 
 @pytest.mark.slow
@@ -195,3 +201,14 @@ def test_comfyui_api_file_runs_unchanged(dirs: dict[str, Path]) -> None:
     assert code == 0, err
     (png,) = _saved(dirs)
     assert png.name == "ComfyUI_00001_.png" and Image.open(png).size == (1024, 1024)
+
+
+def test_main_train_demo_writes_a_loadable_sdxl_checkpoint(tmp_path: Path) -> None:
+    from nodes.diffusion.checkpoint import detect, read_shapes
+
+    out = tmp_path / "demo.safetensors"
+    code = main.main(["train-demo", "--images", "4", "--vae-steps", "2", "--unet-steps", "2", "--unet-batch", "2",
+                      "--vae-batch", "2", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work")])
+    assert code == 0
+    assert detect(read_shapes(out)).family == "sdxl"
+    assert read_shapes(out).keys() == read_shapes(nodes.plugin.SHIPPED_CHECKPOINT).keys()
