@@ -23,6 +23,7 @@ __all__ = [
     "Scene",
     "sample_scene",
     "render",
+    "render_with_mask",
     "caption",
     "scene_rng",
     "hue_of",
@@ -107,6 +108,11 @@ def _rgb(name: str, offset: tuple[int, ...]) -> np.ndarray:
 
 def render(scene: Scene, size: int = 128) -> np.ndarray:
     """The scene as an (size, size, 3) uint8 RGB array, anti-aliased by drawing at 4x and averaging."""
+    return render_with_mask(scene, size)[0]
+
+
+def render_with_mask(scene: Scene, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """`render`'s picture and the shape's coverage, an (size, size) uint8 mask (255 inside, soft edges)."""
     top = _rgb(scene.background, scene.jitter[3:6])
     bottom = top if scene.background_bottom is None else _rgb(scene.background_bottom, scene.jitter[6:9])
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # (H, 1, 1)
@@ -128,7 +134,7 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
     alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0  # (H, W, 1)
     shape_rgb = _rgb(scene.colour, scene.jitter[0:3])
     out = canvas * (1 - alpha) + shape_rgb * alpha
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), np.rint(alpha[..., 0] * 255).astype(np.uint8)
 
 
 def _background_words(scene: Scene) -> str:
@@ -137,12 +143,16 @@ def _background_words(scene: Scene) -> str:
     return f"{scene.background} to {scene.background_bottom} gradient background"
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
-    """The scene's caption; with `rng`, size, position and background are each sometimes left out."""
-    keep_size = keep_position = keep_background = True
+def caption(scene: Scene, rng: np.random.Generator | None = None, drop: tuple[float, ...] = (0.25, 0.2, 0.3)) -> str:
+    """The scene's caption; with `rng`, attributes are left out with the chances in `drop`: size, position,
+    background, and (when `drop` has five entries) colour and shape ("a small circle", "a red shape")."""
+    keep = [True] * 5
     if rng is not None:
-        keep_size, keep_position, keep_background = (bool(v) for v in rng.random(3) >= (0.25, 0.2, 0.3))
-    words = ["a"] + ([scene.size] if keep_size else []) + [scene.colour, scene.shape]
+        keep[:3] = (bool(v) for v in rng.random(3) >= drop[:3])
+        if len(drop) > 3:
+            keep[3:] = (bool(v) for v in rng.random(2) >= drop[3:5])
+    keep_size, keep_position, keep_background, keep_colour, keep_shape = keep
+    words = ["a"] + ([scene.size] if keep_size else []) + ([scene.colour] if keep_colour else []) + [scene.shape if keep_shape else "shape"]
     if keep_position:
         words.append(_PHRASES[scene.position])
     text = " ".join(words)

@@ -17,6 +17,7 @@ from nodes.diffusion.demo_data import (
     hue_class,
     hue_of,
     render,
+    render_with_mask,
     sample_scene,
     scene_rng,
     shape_centre,
@@ -67,6 +68,37 @@ def test_random_captions_keep_colour_and_shape_and_drop_the_rest_at_the_designed
     no_background = sum("background" not in t for t in texts) / n
     assert 0.18 < no_size < 0.32  # designed 0.25
     assert 0.23 < no_background < 0.37  # designed 0.30
+
+
+def test_colour_and_shape_can_be_dropped_too():
+    n = 600
+    drop = (0.0, 0.0, 0.0, 0.3, 0.5)
+    scenes = [sample_scene(scene_rng(2, i)) for i in range(n)]
+    texts = [caption(s, scene_rng(2, i, stream=1), drop=drop) for i, s in enumerate(scenes)]
+    assert all(t.startswith(f"a {s.size} ") and t.endswith("background") for s, t in zip(scenes, texts))
+    no_colour = sum(s.colour not in t.split(", ")[0].split() for s, t in zip(scenes, texts)) / n
+    no_shape = sum(" shape " in t for t in texts) / n
+    assert 0.23 < no_colour < 0.37  # designed 0.3
+    assert 0.42 < no_shape < 0.58  # designed 0.5
+    assert all((" shape " in t) == (s.shape not in t) for s, t in zip(scenes, texts))
+    # the first three draws are the three-way caption's: the same size/position/background choices
+    three = [caption(s, scene_rng(2, i, stream=1)) for i, s in enumerate(scenes)]
+    five = [caption(s, scene_rng(2, i, stream=1), drop=(0.25, 0.2, 0.3, 0.0, 0.0)) for i, s in enumerate(scenes)]
+    assert three == five
+    assert caption(scenes[0], scene_rng(2, 0, stream=1), drop=(1.0, 1.0, 1.0, 1.0, 1.0)) == "a shape"
+
+
+def test_the_mask_covers_the_shape_and_nothing_else():
+    scene = sample_scene(scene_rng(0, 5))
+    picture, mask = render_with_mask(scene)
+    assert np.array_equal(picture, render(scene))
+    assert mask.shape == (128, 128) and mask.dtype == np.uint8
+    inside = mask == 255
+    assert inside[int(scene.cy * 128), int(scene.cx * 128)]  # the shape's centre
+    ys, xs = np.nonzero(inside)
+    assert abs((xs.mean() + 0.5) / 128 - scene.cx) < 0.05 and abs((ys.mean() + 0.5) / 128 - scene.cy) < 0.08
+    background = picture[mask == 0].astype(int)
+    assert np.abs(background.mean(axis=0) - picture[inside].mean(axis=0)).max() > 30  # the shape differs from what is left
 
 
 def test_colour_names_sit_at_their_own_hue():
