@@ -3,9 +3,9 @@
 Phases (each resumable from the state file): `render` the data set (demo_data), train the `vae`
 (L1 + L2 + a small KL, on random crops), `encode` every image to its posterior mean and normalise
 the latents exactly into SDXL's scale (see `normalize_vae`), then train the `unet` together with the
-two text encoders from scratch (eps-prediction on SDXL's discrete schedule, 10% empty captions for
-classifier-free guidance, EMA weights), and `export` a single-file SDXL checkpoint in the original
-layout. Everything random is drawn from generators keyed by (seed, phase, step), so a run is
+two text encoders from scratch (eps-prediction on SDXL's discrete schedule with offset noise and a
+loss weight that favours high noise, 10% empty captions for classifier-free guidance, EMA weights),
+and `export` a single-file SDXL checkpoint in the original layout. Everything random is drawn from generators keyed by (seed, phase, step), so a run is
 reproducible and a resumed run draws what the uninterrupted one would have.
 
 CLI: `python -m nodes.diffusion.demo_train [--out nodes/diffusion/data/latentgraph_demo.safetensors]
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .checkpoint import UNET_PREFIX, VAE_PREFIX
 from .clip import CLIPTextConfig, CLIPTextModel, OpenCLIPTextModel
-from .demo_data import caption, render, sample_scene, scene_rng
+from .demo_data import caption, render_with_mask, sample_scene, scene_rng
 from .devices import cpu_has_fast_bf16
 from .model_sampling import ModelSamplingDiscrete
 from .text_encoder import BIGG_PREFIXES, CLIP_L_PREFIXES, SDXLClip, sdxl_adm
@@ -43,10 +43,8 @@ from .unet import UNet, UNetConfig
 from .vae import SDXL_SCALE_FACTOR, AutoencoderKL, VAEConfig
 
 __all__ = [
-    "DEMO_CLIP_L",
-    "DEMO_CLIP_G",
-    "DEMO_UNET",
     "DEMO_VAE",
+    "model_configs",
     "DEMO_PATH",
     "Recipe",
     "Trainer",
@@ -56,18 +54,25 @@ __all__ = [
 
 DEMO_PATH = Path(__file__).parent / "data" / "latentgraph_demo.safetensors"
 
-# Text encoders: the real 49,408-token vocabulary and 77 positions, 32 wide (one 32-wide head), three
-# blocks, so the penultimate hidden state SDXL conditions on has passed two of them.
-DEMO_CLIP_L = CLIPTextConfig(width=32, layers=3, heads=1, mlp_width=128)
-DEMO_CLIP_G = CLIPTextConfig(width=32, layers=3, heads=1, mlp_width=128, activation="gelu", projection_dim=32)
-# SDXL's UNet layout at 1/10 width: no attention at level 0, linear projections, 64-wide heads,
+# Text encoders: the real 49,408-token vocabulary and 77 positions, `text_width` wide (one head),
+# three blocks, so the penultimate hidden state SDXL conditions on has passed two of them.
+# UNet: SDXL's layout at 1/10 width or so: no attention at level 0, linear projections, 64-wide heads,
 # context = CLIP-L + bigG widths (the 2048 concat), y = pooled + 6 x 256 size/crop embeddings (2816-style).
-DEMO_UNET = UNetConfig(
-    model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, transformer_depth=(0, 1, 1), transformer_depth_middle=1,
-    num_head_channels=64, context_dim=DEMO_CLIP_L.width + DEMO_CLIP_G.width, adm_in_channels=DEMO_CLIP_G.projection_dim + 6 * 256,  # type: ignore[operator]
-)
-# 8x compression to 4 channels like SDXL's VAE, with 32..64 channels instead of 128..512.
+# VAE: 8x compression to 4 channels like SDXL's, with 32..64 channels instead of 128..512.
 DEMO_VAE = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+
+
+def model_configs(recipe: "Recipe") -> tuple[CLIPTextConfig, CLIPTextConfig, UNetConfig, VAEConfig]:
+    """(CLIP-L, bigG, UNet, VAE) configurations of the recipe's model."""
+    w = recipe.text_width
+    clip_l = CLIPTextConfig(width=w, layers=3, heads=1, mlp_width=4 * w)
+    clip_g = CLIPTextConfig(width=w, layers=3, heads=1, mlp_width=4 * w, activation="gelu", projection_dim=w)
+    unet = UNetConfig(
+        model_channels=recipe.unet_channels, channel_mult=(1, 2, 2), num_res_blocks=1, transformer_depth=tuple(recipe.transformer_depth),
+        transformer_depth_middle=1, num_head_channels=64, context_dim=2 * w, adm_in_channels=w + 6 * 256,
+    )
+    return clip_l, clip_g, unet, DEMO_VAE
+
 
 PHASES = ("render", "vae", "encode", "unet", "export")
 # Rough relative cost of one step of each phase (measured on CPU), for the "total left" estimate.
@@ -88,6 +93,7 @@ class Recipe:
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     anchor_weight: float = 1.0  # pull latent channels 0-2 towards the 8x8-averaged RGB: the encoder learns in minutes, not hours
+    mask_anchor_weight: float = 0.0  # pull latent channel 3 towards the 8x8-averaged shape mask: "a shape is here", whatever its colour
     unet_steps: int = 3200
     unet_batch: int = 32
     unet_lr: float = 1e-3
@@ -95,6 +101,16 @@ class Recipe:
     warmup: int = 100
     caption_dropout: float = 0.1  # share of empty captions, what CFG's negative "" is trained on
     ema: float = 0.999
+    text_width: int = 32  # both text encoders' width (and bigG's projection)
+    unet_channels: int = 32  # model_channels; levels are 1x, 2x, 2x of it
+    transformer_depth: tuple[int, int, int] = (0, 1, 1)  # SpatialTransformer blocks per level (SDXL: 0, 2, 10)
+    caption_drop: tuple[float, ...] = (0.25, 0.2, 0.3)  # how often size, position, background (, colour, shape) are left out
+    offset_noise: float = 0.3  # std of a per-channel constant added to the training noise
+    pyramid_noise: float = 0.0  # discount of the multi-resolution noise (0: none)
+    pyramid_from: int = 1  # its finest level: 1/2**pyramid_from of the latent's size
+    white_noise_steps: int = 0  # UNet steps on white noise before the pyramid and offset noise start
+    loss_weight: str = "v"  # eps | min_snr (min(SNR, gamma) / SNR) | v (min(1 + 1/SNR, gamma): favours high noise)
+    snr_gamma: float = 20.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +129,41 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p))))
+
+
+def training_noise(shape: tuple[int, ...], g: torch.Generator, pyramid: float = 0.0, offset: float = 0.0,
+                   pyramid_from: int = 1) -> torch.Tensor:
+    """The eps a training step adds: white noise, plus (pyramid > 0) the same at 1/2, 1/4, ... resolution
+    upsampled and weighted pyramid**k, renormalised to unit std, plus (offset > 0) a per-channel constant.
+
+    Both put more of the noise into low frequencies than white noise has, so the model cannot read a
+    picture's layout and overall colour off the faint low-frequency signal that SDXL's schedule leaves
+    at its noisiest steps; it has to take them from the text.
+    """
+    noise = torch.randn(shape, generator=g)
+    B, C, H, W = shape
+    if pyramid > 0:
+        k = pyramid_from
+        while min(H, W) >> k >= 1:
+            low = torch.randn((B, C, max(1, H >> k), max(1, W >> k)), generator=g)
+            noise = noise + F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False) * pyramid**k
+            k += 1
+        noise = noise / noise.std(dim=(1, 2, 3), keepdim=True)
+    if offset > 0:
+        noise = noise + offset * torch.randn((B, C, 1, 1), generator=g)
+    return noise
+
+
+def loss_weights(alpha_bar: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
+    """Per-sample weights of the eps MSE at cumulative alphas `alpha_bar` (B,)."""
+    snr = alpha_bar / (1 - alpha_bar)
+    if kind == "eps":
+        return torch.ones_like(snr)
+    if kind == "min_snr":  # Hang et al. 2023: caps the weight of the easy, low-noise steps
+        return snr.clamp(max=gamma) / snr
+    if kind == "v":  # the v-prediction loss's weight, capped: more of the signal from the noisy steps that fix layout
+        return (1 + 1 / snr).clamp(max=gamma)
+    raise ValueError(f"loss_weight must be eps, min_snr or v, got {kind!r}")
 
 
 def _fmt(seconds: float) -> str:
@@ -184,21 +235,23 @@ class Trainer:
         self.state_path = work / "demo_train_state.pt"
         self.bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
         torch.manual_seed(recipe.seed)
-        self.vae = AutoencoderKL(DEMO_VAE)
+        clip_l_config, clip_g_config, unet_config, vae_config = model_configs(recipe)
+        self.vae = AutoencoderKL(vae_config)
         with torch.no_grad():  # posterior std 0.05 at the start: unit noise would drown the young encoder's means
-            self.vae.quant_conv.bias[DEMO_VAE.embed_dim :].fill_(-6.0)
+            self.vae.quant_conv.bias[vae_config.embed_dim :].fill_(-6.0)
         self.vae.to(device)
-        self.clip_l = CLIPTextModel(DEMO_CLIP_L)
-        self.clip_g = OpenCLIPTextModel(DEMO_CLIP_G)
+        self.clip_l = CLIPTextModel(clip_l_config)
+        self.clip_g = OpenCLIPTextModel(clip_g_config)
         _init_text(self.clip_l)
         _init_text(self.clip_g)
         self.clip_l.to(device)
         self.clip_g.to(device)
-        self.unet = UNet(DEMO_UNET)
+        self.unet = UNet(unet_config)
         _zero_init(self.unet)
         self.unet.to(device)
         self.phase, self.step = "render", 0
         self.images: torch.Tensor | None = None  # (N, 3, H, W) uint8
+        self.masks: torch.Tensor | None = None  # (N, 1, H, W) uint8: the shape's coverage
         self.scenes: list = []
         self.latents: torch.Tensor | None = None  # (N, 4, h, w) float32, model space (x scale_factor)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
@@ -306,22 +359,26 @@ class Trainer:
         if self.phase in ("render", "vae", "encode"):
             if self.workers > 1:
                 with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
-                    pictures = pool.starmap(render, [(s, r.image_size) for s in self.scenes], chunksize=64)
+                    drawn = pool.starmap(render_with_mask, [(s, r.image_size) for s in self.scenes], chunksize=64)
             else:
-                pictures = [render(s, r.image_size) for s in self.scenes]
-            self.images = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+                drawn = [render_with_mask(s, r.image_size) for s in self.scenes]
+            self.images = torch.from_numpy(np.stack([p for p, _ in drawn])).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+            self.masks = torch.from_numpy(np.stack([m for _, m in drawn]))[:, None].contiguous()  # (N, 1, H, W) uint8
             self.log(f"[render] {r.images} scenes at {r.image_size}px in {time.time() - t0:.1f} s")
 
-    def _vae_batch(self, step: int) -> torch.Tensor:
+    def _vae_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pictures (B, 3, crop, crop), shape masks (B, 1, crop, crop)), both in -1..1."""
         r = self.recipe
-        assert self.images is not None
+        assert self.images is not None and self.masks is not None
         g = _generator(r.seed, "vae", step)
         crop, batch = (r.vae_crop, r.vae_batch) if step < r.vae_crop_steps else (r.image_size, max(1, r.vae_batch // 2))
         idx = torch.randint(0, r.images, (batch,), generator=g)
         top = torch.randint(0, r.image_size - crop + 1, (batch,), generator=g)
         left = torch.randint(0, r.image_size - crop + 1, (batch,), generator=g)
-        crops = [self.images[i, :, t : t + crop, lft : lft + crop] for i, t, lft in zip(idx.tolist(), top.tolist(), left.tolist())]
-        return torch.stack(crops).to(self.device).float() / 127.5 - 1.0  # (B, 3, crop, crop) in -1..1
+        windows = list(zip(idx.tolist(), top.tolist(), left.tolist()))
+        crops = torch.stack([self.images[i, :, t : t + crop, lft : lft + crop] for i, t, lft in windows])
+        masks = torch.stack([self.masks[i, :, t : t + crop, lft : lft + crop] for i, t, lft in windows])
+        return crops.to(self.device).float() / 127.5 - 1.0, masks.to(self.device).float() / 127.5 - 1.0
 
     def train_vae(self, checkpoint_every: float) -> None:
         r = self.recipe
@@ -332,7 +389,7 @@ class Trainer:
             t0 = time.time()
             for group in self.vae_opt.param_groups:
                 group["lr"] = _lr(self.step, r.vae_steps, r.vae_lr, r.warmup)
-            x = self._vae_batch(self.step)
+            x, mask = self._vae_batch(self.step)
             g = _generator(r.seed, "vae", self.step, stream=1)
             with self._autocast():
                 mean, logvar = self.vae.encode_moments(x)
@@ -343,7 +400,8 @@ class Trainer:
             rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
             anchor = F.mse_loss(mean[:, :3], F.avg_pool2d(x, DEMO_VAE.downscale))
-            loss = rec + r.kl_weight * kl + r.anchor_weight * anchor
+            objectness = F.mse_loss(mean[:, 3:], F.avg_pool2d(mask, DEMO_VAE.downscale))
+            loss = rec + r.kl_weight * kl + r.anchor_weight * anchor + r.mask_anchor_weight * objectness
             self.vae_opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
@@ -377,7 +435,7 @@ class Trainer:
         self.latents = ((z - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()  # = scale_factor * z'
         self.log(f"[encode] {r.images} latents {tuple(z.shape[1:])} in {time.time() - t0:.1f} s; raw mean {mean.tolist()}, "
                  f"std {std.tolist()} folded into quant_conv so that {SDXL_SCALE_FACTOR} x latent has unit std")
-        self.images = None
+        self.images = self.masks = None
 
     def _ids(self, text: str) -> tuple[list[int], list[int]]:
         if text not in self._tokens:
@@ -404,7 +462,7 @@ class Trainer:
         captions = []
         for k, i in enumerate(idx):
             rng = scene_rng(r.seed, step * r.unet_batch + k, stream=1)
-            text = caption(self.scenes[i], rng)
+            text = caption(self.scenes[i], rng, drop=r.caption_drop)
             captions.append("" if rng.random() < r.caption_dropout else text)
         return self.latents[idx].to(self.device), captions
 
@@ -425,13 +483,17 @@ class Trainer:
             x0, captions = self._unet_batch(self.step)
             g = _generator(r.seed, "unet", self.step, stream=1)
             t = torch.randint(0, ms.num_timesteps, (x0.shape[0],), generator=g)
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            shaped = self.step >= r.white_noise_steps  # the first white_noise_steps train on plain white noise
+            noise = training_noise(tuple(x0.shape), g, r.pyramid_noise if shaped else 0.0, r.offset_noise if shaped else 0.0,
+                                   r.pyramid_from).to(self.device)
             a = alphas[t.to(self.device)].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # = (x0 + sigma eps) / sqrt(sigma^2 + 1), the UNet's input
             with self._autocast():
                 context, y = self.encode_text(captions)
                 eps = self.unet(xt, t.to(self.device).float(), context, y=y)
-            loss = F.mse_loss(eps.float(), noise)
+            per_sample = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+            w = loss_weights(a.view(-1), r.loss_weight, r.snr_gamma)
+            loss = (w * per_sample).sum() / w.sum()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -509,12 +571,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
     parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
     parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
+    parser.add_argument("--text-width", type=int, default=defaults.text_width)
+    parser.add_argument("--unet-channels", type=int, default=defaults.unet_channels)
+    parser.add_argument("--offset-noise", type=float, default=defaults.offset_noise)
+    parser.add_argument("--pyramid-noise", type=float, default=defaults.pyramid_noise)
+    parser.add_argument("--loss-weight", choices=("eps", "min_snr", "v"), default=defaults.loss_weight)
+    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma)
+    parser.add_argument("--pyramid-from", type=int, default=defaults.pyramid_from)
+    parser.add_argument("--white-noise-steps", type=int, default=defaults.white_noise_steps)
+    parser.add_argument("--mask-anchor-weight", type=float, default=defaults.mask_anchor_weight)
+    parser.add_argument("--caption-drop", type=float, nargs="+", default=list(defaults.caption_drop),
+                        help="chances of leaving out size, position, background (, colour, shape) from a caption")
     parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between state saves")
     parser.add_argument("--export-every", type=float, default=0.0, help="also write --out this often (seconds) while the UNet trains")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = dataclasses.replace(defaults, seed=args.seed, images=args.images, vae_steps=args.vae_steps,
-                                 unet_steps=args.unet_steps, unet_batch=args.unet_batch, vae_batch=args.vae_batch)
+                                 unet_steps=args.unet_steps, unet_batch=args.unet_batch, vae_batch=args.vae_batch,
+                                 text_width=args.text_width, unet_channels=args.unet_channels, offset_noise=args.offset_noise,
+                                 pyramid_noise=args.pyramid_noise, loss_weight=args.loss_weight, snr_gamma=args.snr_gamma,
+                                 mask_anchor_weight=args.mask_anchor_weight, pyramid_from=args.pyramid_from, white_noise_steps=args.white_noise_steps, caption_drop=tuple(args.caption_drop))
     device = _device(args.device)
     trainer = Trainer(recipe, Path(args.work), device, log=lambda m: print(m, flush=True), workers=args.workers)
     trainer.log(f"training the demo model on {device} ({'bf16 autocast' if trainer.bf16 else 'fp32'}), recipe {recipe}")
