@@ -12,11 +12,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nodes.diffusion.checkpoint import UNET_PREFIX, VAE_PREFIX, detect, load_checkpoint, read_shapes
 from nodes.diffusion.demo_data import COLOURS, NEUTRALS, SHAPES, dominant_colour, render, sample_scene, scene_rng, shape_centre
 from nodes.diffusion.demo_grid import DEMO_PATH, generate
-from nodes.diffusion.demo_train import Recipe, Trainer, normalize_vae
+from nodes.diffusion.demo_train import Recipe, Trainer, loss_weights, normalize_vae, training_noise
 from nodes.diffusion.vae import SDXL_SCALE_FACTOR, AutoencoderKL, VAEConfig
 
 SEEDS = range(5)  # a handful of seeds per case; 80% means at least 4 of 5
@@ -86,12 +87,8 @@ def test_loads_like_any_checkpoint_and_its_latents_have_sdxl_scale(demo):
 
 
 # Rates the shipped model measured (issue 9 asks for 80%); strict, so a better model turns them red
-# until the marks go. Shapes take the named colour; the misses are tinted backgrounds outvoting the
-# shape, and positions that stay near the centre. A longer training run is the fix.
-_SHORT = {
-    "green": "measured 60% (3/5)", "cyan": "measured 60% (3/5)", "blue": "measured 60% (3/5)",
-    "left": "measured 30% (3/10)", "right": "measured 60% (6/10)",
-}
+# until the marks go. Every colour passes; positions are still at chance (docs/demo_model.md says why).
+_SHORT = {"left": "measured 40% (4/10)", "right": "measured 60% (6/10)"}
 
 
 def _cases(names):
@@ -141,6 +138,29 @@ def test_normalize_vae_is_exact_and_gives_unit_scaled_latents():
         assert torch.allclose(vae.decode(z2), before, atol=1e-10)
         c = 1 / (SDXL_SCALE_FACTOR * std)
         assert torch.allclose(vae.encode_moments(x)[1], mean_logvar + 2 * torch.log(c)[None, :, None, None], atol=1e-9)
+
+
+def test_training_noise_is_white_unless_asked_and_keeps_unit_scale():
+    shape = (64, 4, 16, 16)
+    white = training_noise(shape, torch.Generator().manual_seed(3))
+    assert torch.equal(white, torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    pyramid = training_noise(shape, torch.Generator().manual_seed(3), pyramid=0.8)
+    assert torch.allclose(pyramid.std(dim=(1, 2, 3)), torch.ones(64), atol=1e-5)
+    # more of it sits in low frequencies: the 4x4 block means vary far more than white noise's (std 1/4)
+    blocks = lambda n: F.avg_pool2d(n, 4).std().item()  # noqa: E731
+    assert blocks(white) == pytest.approx(0.25, rel=0.1) and blocks(pyramid) > 2 * blocks(white)
+    offset = training_noise(shape, torch.Generator().manual_seed(3), offset=0.5)
+    shift = (offset - white).flatten(2)  # the same white draws first, then one constant per sample and channel
+    assert torch.allclose(shift, shift[..., :1].expand_as(shift), atol=1e-6) and 0.3 < shift[..., 0].std() < 0.7
+
+
+def test_loss_weights():
+    alpha_bar = torch.tensor([0.999, 0.5, 0.01])  # SNR 999, 1, 1/99
+    assert torch.equal(loss_weights(alpha_bar, "eps", 5.0), torch.ones(3))
+    assert torch.allclose(loss_weights(alpha_bar, "min_snr", 5.0), torch.tensor([5 / 999, 1.0, 1.0]), rtol=1e-4)
+    assert torch.allclose(loss_weights(alpha_bar, "v", 20.0), torch.tensor([1 + 1 / 999, 2.0, 20.0]), rtol=1e-4)
+    with pytest.raises(ValueError, match="eps, min_snr or v"):
+        loss_weights(alpha_bar, "x0", 5.0)
 
 
 def _mini() -> Recipe:
