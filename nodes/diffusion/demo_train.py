@@ -5,11 +5,12 @@ Phases (each resumable from the state file): `render` the data set (demo_data), 
 the latents exactly into SDXL's scale (see `normalize_vae`), then train the `unet` together with the
 two text encoders from scratch (eps-prediction on SDXL's discrete schedule with offset noise and a
 loss weight that favours high noise, 10% empty captions for classifier-free guidance, EMA weights),
-and `export` a single-file SDXL checkpoint in the original layout. Everything random is drawn from generators keyed by (seed, phase, step), so a run is
-reproducible and a resumed run draws what the uninterrupted one would have.
+and `export` a single-file SDXL checkpoint in the original layout. Everything random is drawn from
+generators keyed by (seed, phase, step), so a run is reproducible and a resumed run draws what the
+uninterrupted one would have.
 
 CLI: `python -m nodes.diffusion.demo_train [--out nodes/diffusion/data/latentgraph_demo.safetensors]
-[--work DIR] [--seed 0] [--device auto|cpu|cuda] [--vae-steps N] [--unet-steps N] [--images N]`.
+[--work DIR] [--device auto|cpu|cuda] [--threads N]` plus one flag per `Recipe` field (`--unet-steps N`, `--offset-noise X`, ...).
 The recipe and its figures are in docs/demo_model.md.
 """
 
@@ -565,32 +566,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="processes that render the data set (default 1)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--images", type=int, default=defaults.images)
-    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
-    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
-    parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
-    parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
-    parser.add_argument("--text-width", type=int, default=defaults.text_width)
-    parser.add_argument("--unet-channels", type=int, default=defaults.unet_channels)
-    parser.add_argument("--offset-noise", type=float, default=defaults.offset_noise)
-    parser.add_argument("--pyramid-noise", type=float, default=defaults.pyramid_noise)
-    parser.add_argument("--loss-weight", choices=("eps", "min_snr", "v"), default=defaults.loss_weight)
-    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma)
-    parser.add_argument("--pyramid-from", type=int, default=defaults.pyramid_from)
-    parser.add_argument("--white-noise-steps", type=int, default=defaults.white_noise_steps)
-    parser.add_argument("--mask-anchor-weight", type=float, default=defaults.mask_anchor_weight)
-    parser.add_argument("--caption-drop", type=float, nargs="+", default=list(defaults.caption_drop),
-                        help="chances of leaving out size, position, background (, colour, shape) from a caption")
+    for field in dataclasses.fields(Recipe):  # every recipe field is a flag: --unet-steps, --caption-drop, ...
+        default = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, tuple):
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=list(default))
+        elif field.name == "loss_weight":
+            parser.add_argument(flag, choices=("eps", "min_snr", "v"), default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between state saves")
     parser.add_argument("--export-every", type=float, default=0.0, help="also write --out this often (seconds) while the UNet trains")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recipe = dataclasses.replace(defaults, seed=args.seed, images=args.images, vae_steps=args.vae_steps,
-                                 unet_steps=args.unet_steps, unet_batch=args.unet_batch, vae_batch=args.vae_batch,
-                                 text_width=args.text_width, unet_channels=args.unet_channels, offset_noise=args.offset_noise,
-                                 pyramid_noise=args.pyramid_noise, loss_weight=args.loss_weight, snr_gamma=args.snr_gamma,
-                                 mask_anchor_weight=args.mask_anchor_weight, pyramid_from=args.pyramid_from, white_noise_steps=args.white_noise_steps, caption_drop=tuple(args.caption_drop))
+    recipe = Recipe(**{f.name: (tuple(v) if isinstance(v, list) else v)
+                       for f in dataclasses.fields(Recipe) for v in [getattr(args, f.name)]})
     device = _device(args.device)
     trainer = Trainer(recipe, Path(args.work), device, log=lambda m: print(m, flush=True), workers=args.workers)
     trainer.log(f"training the demo model on {device} ({'bf16 autocast' if trainer.bf16 else 'fp32'}), recipe {recipe}")
