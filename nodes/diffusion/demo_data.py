@@ -2,7 +2,7 @@
 
 Every scene is a pure function of (seed, index), so the set is deterministic, endless and never
 downloaded: a circle, square or triangle of one of six colours, small or large, on the left, right,
-top, bottom or in the center, over a plain or a vertical-gradient background of another colour.
+top, bottom or in the center, with a dark outline, over a plain or a vertical-gradient background of another colour.
 Captions name the attributes ("a small red circle on the left, white background"); some attributes
 are left out at random so that short prompts ("a red circle") mean something too.
 """
@@ -20,11 +20,15 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "POSITIONS",
+    "OUTLINE_WIDTH",
+    "OUTLINE_RGB",
     "Scene",
     "sample_scene",
     "render",
     "render_with_mask",
     "caption",
+    "CAPTION_GROUPS",
+    "caption_labels",
     "scene_rng",
     "hue_of",
     "hue_class",
@@ -53,6 +57,12 @@ POSITIONS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "bottom": ((0.35, 0.65), (0.68, 0.78)),
     "center": ((0.44, 0.56), (0.44, 0.56)),
 }
+# Every shape has a dark outline, OUTLINE_WIDTH of its radius thick (drawn inwards), in the style of clip-art
+# stickers. It makes "where the shape is" visible in the latent whatever the shape's and background's colours:
+# without it a shape is, averaged over colours, as bright as the backgrounds, and "on the left" says almost
+# nothing about the mean picture (see docs/demo_model.md). Its pixels are too dark for `colour_mask`.
+OUTLINE_WIDTH = 0.35
+OUTLINE_RGB = np.array([20.0, 20.0, 20.0], dtype=np.float32)
 _PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom", "center": "in the center"}
 _BACKGROUNDS = tuple(NEUTRALS) + tuple(COLOURS)
 
@@ -111,17 +121,10 @@ def render(scene: Scene, size: int = 128) -> np.ndarray:
     return render_with_mask(scene, size)[0]
 
 
-def render_with_mask(scene: Scene, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """`render`'s picture and the shape's coverage, an (size, size) uint8 mask (255 inside, soft edges)."""
-    top = _rgb(scene.background, scene.jitter[3:6])
-    bottom = top if scene.background_bottom is None else _rgb(scene.background_bottom, scene.jitter[6:9])
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # (H, 1, 1)
-    canvas = (top * (1 - ramp) + bottom * ramp) * np.ones((1, size, 1), np.float32)  # (H, W, 3)
-
-    ss = 4 * size  # the mask is drawn at 4x and box-filtered: soft, exact-area edges
+def _coverage(scene: Scene, cx: float, cy: float, r: float, ss: int, size: int) -> np.ndarray:
+    """(size, size, 1) float coverage in 0..1 of the scene's shape of "radius" r centred at (cx, cy), drawn at ss px."""
     mask = Image.new("L", (ss, ss), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy, r = scene.cx * ss, scene.cy * ss, SIZES[scene.size] * ss
     if scene.shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     elif scene.shape == "square":
@@ -131,9 +134,22 @@ def render_with_mask(scene: Scene, size: int = 128) -> tuple[np.ndarray, np.ndar
         R = 1.2 * r
         pts = [(cx + R * np.cos(a), cy - R * np.sin(a)) for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3)]
         draw.polygon(pts, fill=255)
-    alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0  # (H, W, 1)
+    return np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
+
+
+def render_with_mask(scene: Scene, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """`render`'s picture and the shape's coverage, an (size, size) uint8 mask (255 inside, soft edges)."""
+    top = _rgb(scene.background, scene.jitter[3:6])
+    bottom = top if scene.background_bottom is None else _rgb(scene.background_bottom, scene.jitter[6:9])
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # (H, 1, 1)
+    canvas = (top * (1 - ramp) + bottom * ramp) * np.ones((1, size, 1), np.float32)  # (H, W, 3)
+
+    ss = 4 * size  # masks are drawn at 4x and box-filtered: soft, exact-area edges
+    r = SIZES[scene.size] * ss
+    alpha = _coverage(scene, scene.cx * ss, scene.cy * ss, r, ss, size)  # the whole shape, outline included
+    inner = _coverage(scene, scene.cx * ss, scene.cy * ss, r * (1 - OUTLINE_WIDTH), ss, size)  # its coloured inside
     shape_rgb = _rgb(scene.colour, scene.jitter[0:3])
-    out = canvas * (1 - alpha) + shape_rgb * alpha
+    out = canvas * (1 - alpha) + OUTLINE_RGB * (alpha - inner) + shape_rgb * inner
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), np.rint(alpha[..., 0] * 255).astype(np.uint8)
 
 
@@ -157,6 +173,32 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, drop: tuple[fl
         words.append(_PHRASES[scene.position])
     text = " ".join(words)
     return f"{text}, {_background_words(scene)}" if keep_background else text
+
+
+# What `caption_labels` reads from a caption: one class per group, the last class meaning "not said".
+CAPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "size": tuple(SIZES),
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "position": tuple(POSITIONS),
+    "background": _BACKGROUNDS,
+}
+
+
+def caption_labels(text: str) -> tuple[int, ...]:
+    """What a caption says, one index per CAPTION_GROUPS group (len(values) where it says nothing of it).
+
+    Read from the words alone, so it works for any caption `caption` writes, and for "" (all unsaid).
+    The background is the plain colour or the gradient's top colour.
+    """
+    subject, _, rest = text.partition(",")
+    words, after = subject.split(), rest.split()
+    out = []
+    for group, values in CAPTION_GROUPS.items():
+        pool = after if group == "background" else words
+        found = [v for v in pool if v in values]
+        out.append(values.index(found[0]) if found else len(values))
+    return tuple(out)
 
 
 def hue_of(rgb: tuple[int, int, int] | np.ndarray) -> float:

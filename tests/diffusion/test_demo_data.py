@@ -8,10 +8,14 @@ import pytest
 from nodes.diffusion.demo_data import (
     COLOURS,
     NEUTRALS,
+    OUTLINE_RGB,
+    OUTLINE_WIDTH,
     POSITIONS,
     SHAPES,
     SIZES,
+    CAPTION_GROUPS,
     caption,
+    caption_labels,
     colour_mask,
     dominant_colour,
     hue_class,
@@ -88,6 +92,25 @@ def test_colour_and_shape_can_be_dropped_too():
     assert caption(scenes[0], scene_rng(2, 0, stream=1), drop=(1.0, 1.0, 1.0, 1.0, 1.0)) == "a shape"
 
 
+def test_caption_labels_read_back_what_the_caption_says():
+    assert list(CAPTION_GROUPS) == ["size", "colour", "shape", "position", "background"]
+    unsaid = tuple(len(v) for v in CAPTION_GROUPS.values())
+    assert caption_labels("") == unsaid
+    assert caption_labels("a small red circle on the left, white background") == (0, 0, 0, 0, 0)
+    assert caption_labels("a shape, cyan to black gradient background") == (2, 6, 3, 5, CAPTION_GROUPS["background"].index("cyan"))
+    n = 300
+    scenes = [sample_scene(scene_rng(5, i)) for i in range(n)]
+    for i, scene in enumerate(scenes):
+        text = caption(scene, scene_rng(5, i, stream=1), drop=(0.3, 0.3, 0.3, 0.3, 0.3))
+        labels = dict(zip(CAPTION_GROUPS, caption_labels(text)))
+        truth = {"size": scene.size, "colour": scene.colour, "shape": scene.shape, "position": scene.position, "background": scene.background}
+        for group, values in CAPTION_GROUPS.items():
+            said = labels[group] < len(values)
+            assert said == (f" {truth[group]}" in f" {text}".replace(",", " ")), (text, group)
+            if said:
+                assert values[labels[group]] == truth[group], (text, group)
+
+
 def test_the_mask_covers_the_shape_and_nothing_else():
     scene = sample_scene(scene_rng(0, 5))
     picture, mask = render_with_mask(scene)
@@ -99,6 +122,25 @@ def test_the_mask_covers_the_shape_and_nothing_else():
     assert abs((xs.mean() + 0.5) / 128 - scene.cx) < 0.05 and abs((ys.mean() + 0.5) / 128 - scene.cy) < 0.08
     background = picture[mask == 0].astype(int)
     assert np.abs(background.mean(axis=0) - picture[inside].mean(axis=0)).max() > 30  # the shape differs from what is left
+
+
+def test_every_shape_has_a_dark_outline_that_the_colour_measurements_ignore():
+    for index, shape in enumerate(SHAPES):
+        scene = sample_scene(scene_rng(4, index))
+        scene = type(scene)(**{**scene.__dict__, "shape": shape, "size": "large", "cx": 0.5, "cy": 0.5,
+                               "background": "white", "background_bottom": None})
+        picture, mask = render_with_mask(scene)
+        row = picture[64].astype(int)  # through the centre, left to right: white, outline, colour, outline, white
+        dark = np.nonzero((np.abs(row - OUTLINE_RGB.astype(int)) <= 2).all(axis=1))[0]
+        assert dark.size > 0 and dark.min() < 64 < dark.max()
+        r = SIZES["large"] * 128 * (0.9 if shape == "square" else 1.0)
+        if shape != "triangle":  # the row crosses a circle's and a square's outline square-on: OUTLINE_WIDTH of r thick
+            left_band = dark[dark < 64]
+            assert abs(left_band.size - OUTLINE_WIDTH * r) <= 2
+            assert left_band.min() == pytest.approx(64 - r, abs=1.5)
+        assert not colour_mask(picture[dark.min() : dark.min() + 1, dark]).any()  # too dark to count as colour
+        assert mask[64, dark.min()] > 0  # the mask covers the outline too
+        assert dominant_colour(picture) == scene.colour
 
 
 def test_colour_names_sit_at_their_own_hue():
