@@ -4,8 +4,11 @@ Phases (each resumable from the state file): `render` the data set (demo_data), 
 (L1 + L2 + a small KL, on random crops), `encode` every image to its posterior mean and normalise
 the latents exactly into SDXL's scale (see `normalize_vae`), then train the `unet` together with the
 two text encoders from scratch (eps-prediction on SDXL's discrete schedule with offset noise and a
-loss weight that favours high noise, 10% empty captions for classifier-free guidance, EMA weights),
-and `export` a single-file SDXL checkpoint in the original layout. Everything random is drawn from
+loss weight that favours high noise, 10% empty captions for classifier-free guidance, EMA weights,
+and a caption read-out loss that keeps the encoders from blurring words the UNet has not learned to
+use yet), fine-tune the VAE's `decoder` alone on whole pictures (the encoder, and so every latent the
+UNet learned on, stays as it was; how SD's ft-MSE VAE was made), and `export` a single-file SDXL
+checkpoint in the original layout. Everything random is drawn from
 generators keyed by (seed, phase, step), so a run is reproducible and a resumed run draws what the
 uninterrupted one would have.
 
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 
 from .checkpoint import UNET_PREFIX, VAE_PREFIX
 from .clip import CLIPTextConfig, CLIPTextModel, OpenCLIPTextModel
-from .demo_data import caption, render_with_mask, sample_scene, scene_rng
+from .demo_data import CAPTION_GROUPS, caption, caption_labels, render_with_mask, sample_scene, scene_rng
 from .devices import cpu_has_fast_bf16
 from .model_sampling import ModelSamplingDiscrete
 from .text_encoder import BIGG_PREFIXES, CLIP_L_PREFIXES, SDXLClip, sdxl_adm
@@ -75,9 +78,9 @@ def model_configs(recipe: "Recipe") -> tuple[CLIPTextConfig, CLIPTextConfig, UNe
     return clip_l, clip_g, unet, DEMO_VAE
 
 
-PHASES = ("render", "vae", "encode", "unet", "export")
+PHASES = ("render", "vae", "encode", "unet", "decoder", "export")
 # Rough relative cost of one step of each phase (measured on CPU), for the "total left" estimate.
-_STEP_COST = {"vae": 1.0, "encode": 0.25, "unet": 1.0}
+_STEP_COST = {"vae": 1.0, "encode": 0.25, "unet": 1.0, "decoder": 0.8}
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Recipe:
     kl_weight: float = 1e-6
     anchor_weight: float = 1.0  # pull latent channels 0-2 towards the 8x8-averaged RGB: the encoder learns in minutes, not hours
     mask_anchor_weight: float = 0.0  # pull latent channel 3 towards the 8x8-averaged shape mask: "a shape is here", whatever its colour
-    unet_steps: int = 3200
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -112,6 +115,9 @@ class Recipe:
     white_noise_steps: int = 0  # UNet steps on white noise before the pyramid and offset noise start
     loss_weight: str = "v"  # eps | min_snr (min(SNR, gamma) / SNR) | v (min(1 + 1/SNR, gamma): favours high noise)
     snr_gamma: float = 20.0
+    text_aux_weight: float = 0.1  # weight of a caption-parsing loss on the text encoders' context (see Trainer.text_head)
+    decoder_steps: int = 800  # last, the VAE's decoder alone on whole pictures: sharper pictures, the same latents
+    decoder_lr: float = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,11 +262,20 @@ class Trainer:
         self.scenes: list = []
         self.latents: torch.Tensor | None = None  # (N, 4, h, w) float32, model space (x scale_factor)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+        self.dec_opt = torch.optim.AdamW(self._decoder_params(), lr=recipe.decoder_lr, weight_decay=0.0)
         trained = [self.unet, self.clip_l, self.clip_g]
         self.opt = torch.optim.AdamW(_param_groups(trained, recipe.weight_decay), lr=recipe.unet_lr, betas=(0.9, 0.99),
                                      fused=device.type == "cuda")
         self.ema = [p.detach().clone() for m in trained for p in m.parameters()]
-        self.history: dict[str, list[tuple[int, float]]] = {"vae": [], "unet": []}
+        # A linear read-out of what the caption says (size, colour, shape, position, background) from the
+        # token-averaged context, trained with the text encoders and thrown away at export. Trained from
+        # scratch by the denoising loss alone, the encoders leave words the UNet does not use yet all but
+        # equal ("on the left" and "on the right" give contexts 3% apart, colours 70%), and the UNet never
+        # gets a signal to start using them. SDXL's encoders come pretrained (CLIP) for the same reason.
+        torch.manual_seed(recipe.seed + 1)
+        self.text_head = nn.Linear(2 * recipe.text_width, sum(len(v) + 1 for v in CAPTION_GROUPS.values())).to(device)
+        self.opt.add_param_group({"params": list(self.text_head.parameters()), "weight_decay": 0.0})
+        self.history: dict[str, list[tuple[int, float]]] = {"vae": [], "unet": [], "decoder": []}
         self.elapsed = 0.0  # seconds of training done so far, over all sessions
         self.clip = SDXLClip(self.clip_l, self.clip_g)
         self._tokens: dict[str, tuple[list[int], list[int]]] = {}
@@ -276,6 +291,8 @@ class Trainer:
             "step": self.step,
             "vae": self.vae.state_dict(),
             "vae_opt": self.vae_opt.state_dict(),
+            "dec_opt": self.dec_opt.state_dict(),
+            "text_head": self.text_head.state_dict(),
             "unet": self.unet.state_dict(),
             "clip_l": self.clip_l.state_dict(),
             "clip_g": self.clip_g.state_dict(),
@@ -302,6 +319,8 @@ class Trainer:
             )
         self.vae.load_state_dict(state["vae"])
         self.vae_opt.load_state_dict(state["vae_opt"])
+        self.dec_opt.load_state_dict(state["dec_opt"])
+        self.text_head.load_state_dict(state["text_head"])
         self.unet.load_state_dict(state["unet"])
         self.clip_l.load_state_dict(state["clip_l"])
         self.clip_g.load_state_dict(state["clip_g"])
@@ -318,7 +337,7 @@ class Trainer:
 
     def _steps(self, phase: str) -> int:
         r = self.recipe
-        return {"vae": r.vae_steps, "encode": math.ceil(r.images / 64), "unet": r.unet_steps}.get(phase, 0)
+        return {"vae": r.vae_steps, "encode": math.ceil(r.images / 64), "unet": r.unet_steps, "decoder": r.decoder_steps}.get(phase, 0)
 
     def _report(self, phase: str, step: int, loss: float, per_step: float) -> None:
         left = (self._steps(phase) - step) * per_step
@@ -350,6 +369,12 @@ class Trainer:
             self.save()
         if self.phase == "unet":
             self.train_unet(checkpoint_every)
+            self.phase, self.step = "decoder", 0
+            self.save()
+        if self.phase == "decoder":
+            if self.images is None:  # resumed after the encode phase: draw the pictures again
+                self.render_images()
+            self.train_decoder(checkpoint_every)
             self.phase, self.step = "export", 0
             self.save()
 
@@ -357,7 +382,7 @@ class Trainer:
         r = self.recipe
         t0 = time.time()
         self.scenes = [sample_scene(scene_rng(r.seed, i)) for i in range(r.images)]
-        if self.phase in ("render", "vae", "encode"):
+        if self.phase in ("render", "vae", "encode", "decoder"):
             if self.workers > 1:
                 with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
                     drawn = pool.starmap(render_with_mask, [(s, r.image_size) for s in self.scenes], chunksize=64)
@@ -436,7 +461,44 @@ class Trainer:
         self.latents = ((z - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()  # = scale_factor * z'
         self.log(f"[encode] {r.images} latents {tuple(z.shape[1:])} in {time.time() - t0:.1f} s; raw mean {mean.tolist()}, "
                  f"std {std.tolist()} folded into quant_conv so that {SDXL_SCALE_FACTOR} x latent has unit std")
-        self.images = self.masks = None
+        self.masks = None
+
+    def _decoder_params(self) -> list[nn.Parameter]:
+        return [p for name, p in self.vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+
+    def train_decoder(self, checkpoint_every: float) -> None:
+        """Whole pictures from their stored latents (the encoder's posterior means): L1 + L2, decoder only."""
+        r = self.recipe
+        assert self.images is not None and self.latents is not None
+        self.vae.decoder.train()
+        last_save = time.time()
+        t_phase, done, running = time.time(), 0, None
+        params = self._decoder_params()
+        while self.step < r.decoder_steps:
+            t0 = time.time()
+            for group in self.dec_opt.param_groups:
+                group["lr"] = _lr(self.step, r.decoder_steps, r.decoder_lr, min(r.warmup, r.decoder_steps // 10))
+            idx = torch.randint(0, r.images, (max(1, r.vae_batch // 2),), generator=_generator(r.seed, "decoder", self.step))
+            x = self.images[idx].to(self.device).float() / 127.5 - 1.0
+            z = self.latents[idx].to(self.device) / SDXL_SCALE_FACTOR  # what encode() returns for these pictures
+            with self._autocast():
+                recon = self.vae.decode(z).float()
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            self.dec_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.dec_opt.step()
+            self.step += 1
+            done += 1
+            self.elapsed += time.time() - t0
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            if self.step % 50 == 0 or self.step == r.decoder_steps:
+                self.history["decoder"].append((self.step, running))
+                self._report("decoder", self.step, running, (time.time() - t_phase) / done)
+            if time.time() - last_save > checkpoint_every:
+                self.save()
+                last_save = time.time()
+        self.vae.eval()
 
     def _ids(self, text: str) -> tuple[list[int], list[int]]:
         if text not in self._tokens:
@@ -454,6 +516,16 @@ class Trainer:
         context = torch.cat([l_out.hidden, g_out.hidden], dim=-1)
         size = self.recipe.image_size
         return context, sdxl_adm(g_out.pooled.float(), size, size)
+
+    def caption_loss(self, context: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Cross-entropy of `text_head` reading each group of `caption_labels` off the mean context (B, 77, C)."""
+        logits = self.text_head(context.float().mean(dim=1))  # (B, classes of all groups)
+        labels = torch.tensor([caption_labels(c) for c in captions], device=logits.device)  # (B, groups)
+        loss, start = logits.new_zeros(()), 0
+        for g, values in enumerate(CAPTION_GROUPS.values()):
+            loss = loss + F.cross_entropy(logits[:, start : start + len(values) + 1], labels[:, g])
+            start += len(values) + 1
+        return loss / len(CAPTION_GROUPS)
 
     def _unet_batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
         r = self.recipe
@@ -495,6 +567,8 @@ class Trainer:
             per_sample = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
             w = loss_weights(a.view(-1), r.loss_weight, r.snr_gamma)
             loss = (w * per_sample).sum() / w.sum()
+            if r.text_aux_weight > 0:
+                loss = loss + r.text_aux_weight * self.caption_loss(context, captions)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -207,7 +207,7 @@ def test_main_train_demo_writes_a_loadable_sdxl_checkpoint(tmp_path: Path) -> No
     from nodes.diffusion.checkpoint import detect, read_shapes
 
     out = tmp_path / "demo.safetensors"
-    code = main.main(["train-demo", "--images", "4", "--vae-steps", "2", "--unet-steps", "2", "--unet-batch", "2",
+    code = main.main(["train-demo", "--images", "4", "--vae-steps", "2", "--unet-steps", "2", "--unet-batch", "2", "--decoder-steps", "2",
                       "--vae-batch", "2", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"),
                       "--offset-noise", "0.2", "--caption-drop", "0.1", "0.1", "0.1", "0.3", "0.3", "--transformer-depth", "0", "1", "1"])
     assert code == 0
@@ -217,4 +217,4 @@ def test_main_train_demo_writes_a_loadable_sdxl_checkpoint(tmp_path: Path) -> No
 
     with safe_open(str(out), "pt") as f:
         recipe = json.loads(f.metadata()["latentgraph.demo_recipe"])  # every recipe field is a flag
-    assert recipe["offset_noise"] == 0.2 and recipe["caption_drop"] == [0.1, 0.1, 0.1, 0.3, 0.3] and recipe["unet_steps"] == 2
+    assert recipe["offset_noise"] == 0.2 and recipe["caption_drop"] == [0.1, 0.1, 0.1, 0.3, 0.3] and recipe["unet_steps"] == 2 and recipe["decoder_steps"] == 2
